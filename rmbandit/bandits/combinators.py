@@ -187,7 +187,7 @@ def from_state(bandit: base.Bandit, trained) -> base.Bandit:
     checking it has the requested number of arms and width."""
 
     def init(key, num_arms, dim):
-        expected = jax.eval_shape(bandit.init, key, num_arms, dim)
+        expected = jax.eval_shape(lambda k: bandit.init(k, num_arms, dim), key)
         got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trained)
         if jax.tree.structure(expected) != jax.tree.structure(got) or any(
                 e.shape != g.shape for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got))):
