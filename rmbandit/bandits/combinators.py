@@ -41,8 +41,9 @@ def rescale_rewards(history: Array, rewards: Array, low: float = 0.2, high: floa
 def quantile_rescale(bandit: base.Bandit, low: float = 0.2, high: float = 0.8,
                      history: int = 4096) -> base.Bandit:
     """Rescale rewards by the quantiles of the last ``history`` raw rewards (before this
-    call's rewards join the history, as in LASeR); non-finite rewards pass through
-    untouched (the inner bandit rejects or skips them) and never enter the history."""
+    call's rewards join the history, as in LASeR); invalid rows (non-finite reward,
+    arm out of range) pass through untouched for the inner bandit to reject or skip,
+    and never enter the history."""
 
     def init(key, num_arms, dim):
         return RescaledState(bandit.init(key, num_arms, dim),
@@ -51,11 +52,11 @@ def quantile_rescale(bandit: base.Bandit, low: float = 0.2, high: float = 0.8,
     def update(state, contexts, arms, rewards):
         rewards = jnp.asarray(rewards, jnp.float32)
         scaled = rescale_rewards(state.history, rewards, low, high)
-        finite = jnp.isfinite(rewards)
-        slot = state.count + jnp.cumsum(finite) - 1
-        hist = state.history.at[jnp.where(finite, slot % history, history)].set(rewards, mode="drop")
+        valid = base.valid_rows(jnp.asarray(contexts), jnp.asarray(arms), rewards, base.num_arms(state.inner))
+        slot = state.count + jnp.cumsum(valid) - 1
+        hist = state.history.at[jnp.where(valid, slot % history, history)].set(rewards, mode="drop")
         return RescaledState(bandit.update(state.inner, contexts, arms, scaled), hist,
-                             state.count + jnp.sum(finite).astype(jnp.int32))
+                             state.count + jnp.sum(valid).astype(jnp.int32))
 
     return base.Bandit(init, lambda s, c, k: bandit.select(s.inner, c, k), update)
 
@@ -238,8 +239,8 @@ class DiscountState(NamedTuple):
 
 def discount(bandit: base.Bandit, gamma: float, every: int = 1) -> base.Bandit:
     """Forget for non-stationary rewards (the policy drifts during training): every
-    ``every`` updates, apply ``forget`` with gamma**every, so evidence from t updates
-    ago weighs about gamma**t.  ``every`` > 1 amortises LinUCB/TS's O(K d^3) decay."""
+    ``every`` updates that pull an arm, apply ``forget`` with gamma**every, so evidence
+    from t updates ago weighs about gamma**t.  ``every`` > 1 amortises LinUCB/TS's O(K d^3) decay."""
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
 
@@ -248,8 +249,12 @@ def discount(bandit: base.Bandit, gamma: float, every: int = 1) -> base.Bandit:
 
     def update(state, contexts, arms, rewards):
         inner = bandit.update(state.inner, contexts, arms, rewards)
-        updates = state.updates + 1
-        inner = jax.lax.cond(updates % every == 0, lambda s: forget(s, gamma ** every), lambda s: s, inner)
+        # time advances only with evidence: an update that pulls nothing is a no-op
+        pulled = jnp.any(base.valid_rows(jnp.asarray(contexts), jnp.asarray(arms), jnp.asarray(rewards),
+                                         base.num_arms(state.inner)))
+        updates = state.updates + pulled.astype(jnp.int32)
+        due = pulled & (updates % every == 0)
+        inner = jax.lax.cond(due, lambda s: forget(s, gamma ** every), lambda s: s, inner)
         return DiscountState(inner, updates)
 
     return base.Bandit(init, lambda s, c, k: bandit.select(s.inner, c, k), update)
