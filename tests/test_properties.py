@@ -128,3 +128,38 @@ def test_add_arm_leaves_existing_arms_untouched(seed, name):
     for old, new in zip(jax.tree.leaves(state.arms), jax.tree.leaves(grown.arms)):
         assert new.shape[0] == old.shape[0] + 1
         np.testing.assert_array_equal(new[:-1], old)
+
+
+@pytest.mark.parametrize("name", ["linucb", "thompson", "exp3"])
+def test_sharded_over_a_mesh_equals_single_device(name):
+    """Rows sharded over the 8 fake devices ('data' axis), per-arm statistics sharded on the
+    arm axis where it divides, otherwise replicated: same arms, scores and state."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    devices = np.array(jax.devices())
+    assert devices.size == 8, "tests/conftest.py sets 8 fake CPU devices"
+    mesh = Mesh(devices.reshape(4, 2), ("data", "tensor"))
+    bandit, state = _trained(name, k=2, d=4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    rewards = rng.random(16).astype(np.float32)
+    key = jax.random.key(1)
+    want_arms, want_scores = bandit.select(state, x, key)
+    want_state = bandit.update(state, x, want_arms, rewards)
+
+    def arm_sharding(leaf):
+        spec = P("tensor") if leaf.ndim >= 1 and leaf.shape[0] == 2 else P()
+        return NamedSharding(mesh, spec)
+
+    state_sharding = jax.tree.map(arm_sharding, state)
+    rows = NamedSharding(mesh, P("data"))
+    sharded_state = jax.device_put(state, state_sharding)
+    xs, rs = jax.device_put(x, NamedSharding(mesh, P("data", None))), jax.device_put(rewards, rows)
+    select = jax.jit(bandit.select, out_shardings=(rows, NamedSharding(mesh, P("data", None))))
+    update = jax.jit(bandit.update, out_shardings=state_sharding)
+    arms, scores = select(sharded_state, xs, key)
+    new = update(sharded_state, xs, arms, rs)
+    np.testing.assert_array_equal(arms, want_arms)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(want_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(arms.sharding.device_set) == 8
