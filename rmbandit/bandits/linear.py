@@ -153,7 +153,8 @@ def single_row_sqrt_update(cov_sqrt: Array, x: Array, arm: Array, valid: Array) 
     y = (hot[:, None] * u[None]).reshape(-1) @ cov_sqrt.reshape(k * d, d)
     s = jnp.sqrt(1.0 + u @ u)
     w = -1.0 / (s * (s + 1.0))
-    return cov_sqrt + (hot * w)[:, None, None] * (u[:, None] * y[None, :])[None]
+    delta = (hot * w)[:, None, None] * (u[:, None] * y[None, :])[None]
+    return cov_sqrt + jnp.where(hot[:, None, None] > 0, delta, 0.0)   # other arms stay bit-exact
 
 
 def update_linear(state: LinearState, contexts: Array, arms: Array, rewards: Array,
