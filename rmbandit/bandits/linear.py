@@ -98,15 +98,19 @@ def init_linear(key: Array, num_arms: int, dim: int, prior_var: float = 1.0,
 def sqrt_update(cov_sqrt: Array, x: Array) -> Array:
     """Blocked Potter step for one arm: rows x [n, d] (noise-scaled), R -> R'.
 
-    With Phi = R x^T and G = Phi^T Phi, R' = (I + Phi W Phi^T) R where
-    W = f(G), f(l) = -1 / (s (s + 1)), s = sqrt(1 + l).  Then
+    With Phi = R x^T, G = Phi^T Phi and the Cholesky factor I + G = L L^T,
+    R' = (I + Phi W Phi^T) R with W = -(L^T + I)^{-1} L^{-1}.  Then
     R'^T R' = Sigma - Sigma x^T (I + x Sigma x^T)^{-1} x Sigma, the posterior
-    covariance.  Zero rows of x (padding) leave R unchanged.
+    covariance (W + W^T + W^T G W = -(I + G)^{-1}; for n = 1, W = -1/(s(s+1)),
+    s = sqrt(1 + |Phi|^2), Potter's rank-1 form).  Zero rows of x (padding) leave R
+    unchanged.  An n x n Cholesky is a third of the cost of the eigh it replaces.
     """
+    n = x.shape[0]
+    eye = jnp.eye(n, dtype=cov_sqrt.dtype)
     phi_t = jnp.einsum("de,ne->nd", cov_sqrt, x)              # Phi^T, [n, d]
-    lam, vec = jnp.linalg.eigh(phi_t @ phi_t.T)
-    s = jnp.sqrt(1.0 + jnp.maximum(lam, 0.0))
-    w = (vec * (-1.0 / (s * (s + 1.0)))) @ vec.T               # [n, n]
+    chol = jnp.linalg.cholesky(eye + phi_t @ phi_t.T)
+    l_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    w = -jax.scipy.linalg.solve_triangular(chol.T + eye, l_inv, lower=False)   # [n, n]
     y = phi_t @ cov_sqrt                                       # Phi^T R, [n, d]
     return cov_sqrt + phi_t.T @ (w @ y)
 
