@@ -1,0 +1,5 @@
+import sys
+
+from rmbandit.cli import main
+
+sys.exit(main())
