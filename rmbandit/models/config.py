@@ -1,0 +1,105 @@
+"""Model configuration: one frozen dataclass, built from an HF ``config.json``.
+
+Both transformers layouts are read: RoPE settings in ``rope_parameters`` (transformers 5)
+or in ``rope_theta`` + ``rope_scaling`` (earlier versions).  Anything the decoder does
+not implement is an error that names the option, never a silent difference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+# model_type -> family features (per-family maths lives in the decoder module)
+FAMILIES = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {"attention_bias": True},
+    "qwen3": {"qk_norm": True},
+}
+SUPPORTED_ROPE = ("default", "llama3", "linear")
+SUPPORTED_ACT = ("silu",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    attention_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None      # every layer (Mistral); None = full attention
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        model_type = raw.get("model_type")
+        if model_type not in FAMILIES:
+            raise ValueError(f"unsupported model_type {model_type!r}; rmbandit.models implements "
+                             f"{', '.join(sorted(FAMILIES))}")
+        act = raw.get("hidden_act", "silu")
+        if act not in SUPPORTED_ACT:
+            raise ValueError(f"unsupported hidden_act {act!r} for {model_type}; supported: {SUPPORTED_ACT}")
+        if raw.get("mlp_bias"):
+            raise ValueError(f"mlp_bias=True is not supported for {model_type}")
+        rope = dict(raw.get("rope_parameters") or {})
+        if not rope:
+            rope = dict(raw.get("rope_scaling") or {})
+            rope.setdefault("rope_theta", raw.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in SUPPORTED_ROPE:
+            raise ValueError(f"unsupported RoPE type {rope_type!r}; supported: {SUPPORTED_ROPE}")
+        heads = raw["num_attention_heads"]
+        window = None
+        if model_type == "mistral":
+            window = raw.get("sliding_window")
+        elif raw.get("use_sliding_window") and raw.get("sliding_window"):
+            raise ValueError(f"use_sliding_window=True is not supported for {model_type}")
+        family = FAMILIES[model_type]
+        return cls(
+            model_type=model_type,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", 10000.0)),
+            rope_type=rope_type,
+            rope_factor=float(rope.get("factor", 1.0)),
+            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+            rope_original_max_positions=int(rope.get("original_max_position_embeddings", 8192)),
+            attention_bias=raw.get("attention_bias", family.get("attention_bias", False)),
+            qk_norm=family.get("qk_norm", False),
+            sliding_window=window,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=tuple(raw["eos_token_id"]) if isinstance(raw.get("eos_token_id"), list)
+            else raw.get("eos_token_id"),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path) -> "ModelConfig":
+        path = pathlib.Path(path)
+        file = path / "config.json" if path.is_dir() else path
+        if not file.exists():
+            raise FileNotFoundError(f"no config.json in {path}; pass an HF checkpoint directory")
+        return cls.from_hf_dict(json.loads(file.read_text()))

@@ -1,0 +1,159 @@
+"""Decoder for the Llama family: Llama 3/3.1/3.2 (incl. ``llama3`` RoPE scaling), SmolLM2,
+Mistral (sliding window), Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm per head).
+
+One readable module in the spirit of the gemma / MaxText model files: pre-norm blocks,
+grouped-query attention, SwiGLU MLP, RMSNorm.  Parameters carry logical axis names
+(``rmbandit.parallel`` maps them to mesh axes); Dense kernels are [in, out].
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rmbandit.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def _dense(features, names, use_bias=False, name=None, dtype=jnp.float32):
+    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=dtype,
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32.astype(self.dtype) * scale).astype(x.dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> Array:
+    """Inverse frequencies [head_dim / 2], with the ``llama3`` / ``linear`` scalings."""
+    d = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if config.rope_type == "linear":
+        return inv / config.rope_factor
+    if config.rope_type == "llama3":
+        old = config.rope_original_max_positions
+        low_wavelen = old / config.rope_low_freq_factor
+        high_wavelen = old / config.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > low_wavelen, inv / config.rope_factor, inv)
+        smooth = (old / wavelen - config.rope_low_freq_factor) / (
+            config.rope_high_freq_factor - config.rope_low_freq_factor)
+        smoothed = (1 - smooth) * scaled / config.rope_factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+    return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """x [B, T, H, D], positions [B, T]; the rotate-half convention of the HF checkpoints."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq          # [B, T, D/2]
+    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention_bias(query_pos: Array, key_pos: Array, key_valid: Array, window: int | None) -> Array:
+    """Additive mask [B, 1, Tq, Tk]: causal, padding and optional sliding window."""
+    allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :]
+    if window is not None:
+        allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None]
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, bias):
+        cfg = self.config
+        b, t, _ = x.shape
+        heads, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = _dense(heads * hd, ("embed", "q_heads"), cfg.attention_bias, "q_proj", self.dtype)(x)
+        k = _dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "k_proj", self.dtype)(x)
+        v = _dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "v_proj", self.dtype)(x)
+        q, k, v = q.reshape(b, t, heads, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, self.dtype, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, self.dtype, name="k_norm")(k)
+        inv_freq = rope_frequencies(cfg)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q = q.reshape(b, t, kv, heads // kv, hd)                      # group query heads per kv head
+        logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / math.sqrt(hd)
+        logits = logits + bias[:, :, None]
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, heads * hd)
+        return _dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        gate = _dense(cfg.intermediate_size, ("embed", "mlp"), False, "gate_proj", self.dtype)(x)
+        up = _dense(cfg.intermediate_size, ("embed", "mlp"), False, "up_proj", self.dtype)(x)
+        return _dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, bias):
+        cfg = self.config
+        x = x + Attention(cfg, self.dtype, name="self_attn")(
+            RMSNorm(cfg.rms_norm_eps, self.dtype, name="input_layernorm")(x), positions, bias)
+        return x + MLP(cfg, self.dtype, name="mlp")(
+            RMSNorm(cfg.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x))
+
+
+class LlamaModel(nn.Module):
+    """``apply({"params": p}, input_ids, attention_mask)`` -> logits [B, T, V] (float32).
+
+    Left padding is supported: positions count only real tokens (as HF ``generate``
+    does), padded keys are masked.  ``return_hidden=True`` returns the final normed
+    hidden states [B, T, D] instead (embeddings, reward heads)."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, return_hidden=False):
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        valid = attention_mask.astype(bool)
+        positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+        # masks follow the sequence axis: for real tokens it differs from positions by the
+        # row's constant padding offset, so causality and the window are the same either way
+        index = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        bias = attention_bias(index, index, valid, cfg.sliding_window)
+        embed = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                       ("vocab", "embed")),
+                           (cfg.vocab_size, cfg.hidden_size), self.dtype)
+        x = embed[input_ids]
+        for i in range(cfg.num_layers):
+            x = Block(cfg, self.dtype, name=f"layers_{i}")(x, positions, bias)
+        x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
+        if return_hidden:
+            return x
+        if cfg.tie_word_embeddings:
+            return jnp.einsum("btd,vd->btv", x, embed).astype(jnp.float32)
+        return _dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x).astype(jnp.float32)

@@ -1,0 +1,88 @@
+"""Load HF checkpoint directories (single or sharded safetensors) into our Flax params.
+
+``model, params = load_pretrained(path, dtype=jnp.float32)``.  Every tensor the model
+needs must be present with the right shape; anything missing, mis-shaped or unexpected
+is an error naming the tensor.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from safetensors import safe_open
+
+from rmbandit.models.config import ModelConfig
+from rmbandit.models.llama import LlamaModel
+
+IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def hf_to_flax_path(name: str) -> tuple[tuple[str, ...], bool] | None:
+    """HF tensor name -> (our param path, transpose?)."""
+    if name == "model.embed_tokens.weight":
+        return ("embed_tokens",), False
+    if name == "model.norm.weight":
+        return ("norm", "scale"), False
+    if name == "lm_head.weight":
+        return ("lm_head", "kernel"), True
+    match = _LAYER.match(name)
+    if not match:
+        return None
+    layer, module, kind = match.groups()
+    parts = tuple(module.split("."))
+    if parts[-1].endswith("norm") or parts[-1].endswith("layernorm"):
+        return (f"layers_{layer}", *parts, "scale"), False
+    return (f"layers_{layer}", *parts, "kernel" if kind == "weight" else "bias"), kind == "weight"
+
+
+def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [f for f in files if not (path / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists {missing} but they are not in {path}; "
+                                    "download every shard of the checkpoint")
+        return [path / f for f in files]
+    single = path / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}; "
+                            "pass an HF checkpoint directory saved with safetensors")
+
+
+def load_pretrained(path, dtype=jnp.float32):
+    """An HF checkpoint directory -> (LlamaModel, params pytree of ``dtype`` arrays)."""
+    path = pathlib.Path(path)
+    config = ModelConfig.from_pretrained(path)
+    model = LlamaModel(config, dtype=dtype)
+    expected = flax.traverse_util.flatten_dict(jax.eval_shape(
+        lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])))
+    flat = {}
+    for file in safetensors_files(path):
+        with safe_open(file, framework="flax") as f:         # jax arrays: bf16 checkpoints load too
+            for name in f.keys():
+                if IGNORED.match(name):
+                    continue
+                target = hf_to_flax_path(name)
+                if target is None or target[0] not in expected:
+                    raise ValueError(f"unexpected tensor {name!r} in {file.name} for a {config.model_type} "
+                                     "model; is config.json from the same checkpoint?")
+                key, transpose = target
+                array = f.get_tensor(name)
+                array = array.T if transpose else array
+                if array.shape != expected[key].shape:
+                    raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
+                                     f"{expected[key].shape}; config.json and the weights disagree")
+                flat[key] = array.astype(dtype)
+    missing = [".".join(k) for k in expected if k not in flat]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors the model needs, e.g. {missing[:4]}")
+    return model, flax.traverse_util.unflatten_dict(flat)
+

@@ -1,0 +1,87 @@
+"""Parity of the Flax decoders with transformers + PyTorch on tiny random checkpoints."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from rmbandit.models import ModelConfig, load_pretrained  # noqa: E402
+
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)
+CASES = {
+    "llama_gqa_llama3_rope": ("LlamaConfig", dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}, rope_theta=500000.0)),
+    "llama_tied_mha": ("LlamaConfig", dict(num_key_value_heads=4, tie_word_embeddings=True)),
+    "mistral_sliding_window": ("MistralConfig", dict(sliding_window=4)),
+    "qwen2_qkv_bias": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    "qwen3_qk_norm": ("Qwen3Config", dict(head_dim=16)),
+}
+
+
+def _save_tiny(tmp_path, name):
+    cls, extra = CASES[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, cls)(**{**TINY, **extra})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():              # non-trivial norms and biases, so a dropped one shows
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight") or n.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    return model
+
+
+def _batch(seed=0, b=3, t=11, vocab=97):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, size=(b, t))
+    mask = np.ones((b, t), np.int64)
+    mask[1, :3] = 0                    # left padding
+    mask[2, :6] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float32_logits_match_transformers(tmp_path, name):
+    hf = _save_tiny(tmp_path, name)
+    model, params = load_pretrained(tmp_path, dtype=jnp.float32)
+    ids, mask = _batch()
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  position_ids=torch.tensor(positions)).logits.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
+        ModelConfig.from_hf_dict({"model_type": "gpt2"})
+    with pytest.raises(ValueError, match="RoPE type 'yarn'"):
+        ModelConfig.from_hf_dict({**{"model_type": "llama", "num_attention_heads": 4}, **TINY,
+                                  "num_hidden_layers": 1, "rope_parameters": {"rope_type": "yarn"}})
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_pretrained(tmp_path)
+
+
+def test_missing_or_misshapen_weights_are_clear_errors(tmp_path):
+    _save_tiny(tmp_path, "llama_tied_mha")
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(tmp_path / "model.safetensors")
+    bad = dict(tensors)
+    bad.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(bad, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="lacks 1 tensors .*layers_1.mlp.up_proj.kernel"):
+        load_pretrained(tmp_path)
+    bad = dict(tensors)
+    bad["model.norm.weight"] = np.ones(7, np.float32)
+    save_file(bad, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="'model.norm.weight' has shape \\(7,\\)"):
+        load_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        load_pretrained(tmp_path)
