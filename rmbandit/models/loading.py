@@ -57,32 +57,44 @@ def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
                             "pass an HF checkpoint directory saved with safetensors")
 
 
-def load_pretrained(path, dtype=jnp.float32):
-    """An HF checkpoint directory -> (LlamaModel, params pytree of ``dtype`` arrays)."""
-    path = pathlib.Path(path)
-    config = ModelConfig.from_pretrained(path)
-    model = LlamaModel(config, dtype=dtype)
+def assemble_params(model, config: ModelConfig, tensors, source: str, dtype):
+    """(HF tensor name, array [HF layout]) pairs -> our params; every check in one place."""
     expected = flax.traverse_util.flatten_dict(jax.eval_shape(
         lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])))
     flat = {}
+    for name, array in tensors:
+        if IGNORED.match(name):
+            continue
+        target = hf_to_flax_path(name)
+        if target is None or target[0] not in expected:
+            raise ValueError(f"unexpected tensor {name!r} in {source} for a {config.model_type} model; "
+                             "is the config from the same checkpoint?")
+        key, transpose = target
+        array = array.T if transpose else array
+        if array.shape != expected[key].shape:
+            raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
+                             f"{expected[key].shape}; the config and the weights disagree")
+        flat[key] = jnp.asarray(array).astype(dtype)
+    missing = [".".join(k) for k in expected if k not in flat]
+    if missing:
+        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensors the model needs, e.g. {missing[:4]}")
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def _safetensors_tensors(path: pathlib.Path):
     for file in safetensors_files(path):
         with safe_open(file, framework="flax") as f:         # jax arrays: bf16 checkpoints load too
             for name in f.keys():
-                if IGNORED.match(name):
-                    continue
-                target = hf_to_flax_path(name)
-                if target is None or target[0] not in expected:
-                    raise ValueError(f"unexpected tensor {name!r} in {file.name} for a {config.model_type} "
-                                     "model; is config.json from the same checkpoint?")
-                key, transpose = target
-                array = f.get_tensor(name)
-                array = array.T if transpose else array
-                if array.shape != expected[key].shape:
-                    raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
-                                     f"{expected[key].shape}; config.json and the weights disagree")
-                flat[key] = array.astype(dtype)
-    missing = [".".join(k) for k in expected if k not in flat]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors the model needs, e.g. {missing[:4]}")
-    return model, flax.traverse_util.unflatten_dict(flat)
+                yield name, f.get_tensor(name)
 
+
+def load_pretrained(path, dtype=jnp.float32):
+    """An HF checkpoint directory or a ``.gguf`` file -> (LlamaModel, params of ``dtype``)."""
+    path = pathlib.Path(path)
+    if path.suffix == ".gguf":
+        from rmbandit.models import gguf_loading
+        config, tensors = gguf_loading.read_gguf(path)
+    else:
+        config, tensors = ModelConfig.from_pretrained(path), _safetensors_tensors(path)
+    model = LlamaModel(config, dtype=dtype)
+    return model, assemble_params(model, config, tensors, str(path), dtype)

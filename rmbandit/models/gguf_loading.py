@@ -1,0 +1,108 @@
+"""GGUF files (llama.cpp) -> a ModelConfig and HF-named, dequantised tensors.
+
+Dequantisation is the ``gguf`` package's (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K and
+more).  llama.cpp stores the q/k projections of ``llama``-architecture files with rows
+permuted for its interleaved RoPE; we undo that, as transformers does.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+
+from rmbandit.models.config import ModelConfig
+
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+_BLOCK_NAME = re.compile(r"blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+
+
+def hf_name(gguf_name: str) -> str | None:
+    if gguf_name in _NAMES:
+        return _NAMES[gguf_name]
+    match = _BLOCK_NAME.match(gguf_name)
+    if match and match.group(2) in _BLOCK:
+        layer, module, kind = match.groups()
+        return f"model.layers.{layer}.{_BLOCK[module]}.{kind}"
+    return None
+
+
+def _field(reader, key, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def config_from_gguf(reader) -> ModelConfig:
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unsupported GGUF architecture {arch!r}; rmbandit.models reads {sorted(ARCHITECTURES)}")
+    scaling = _field(reader, f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ValueError(f"GGUF RoPE scaling {scaling!r} is not supported; convert from the HF checkpoint instead")
+    heads = _field(reader, f"{arch}.attention.head_count")
+    hidden = _field(reader, f"{arch}.embedding_length")
+    vocab = _field(reader, f"{arch}.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
+    names = {t.name for t in reader.tensors}
+    return ModelConfig.from_hf_dict({
+        "model_type": ARCHITECTURES[arch],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": _field(reader, f"{arch}.feed_forward_length"),
+        "num_hidden_layers": _field(reader, f"{arch}.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": _field(reader, f"{arch}.attention.head_count_kv", heads),
+        "head_dim": _field(reader, f"{arch}.attention.key_length", hidden // heads),
+        "rms_norm_eps": _field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_parameters": {"rope_type": "default", "rope_theta": _field(reader, f"{arch}.rope.freq_base", 10000.0)},
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+    })
+
+
+def unpermute_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's per-head (half, pair) row permutation of q/k projections."""
+    dim = weight.shape[0] // heads // 2
+    return weight.reshape(heads, dim, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def read_gguf(path: pathlib.Path):
+    """-> (ModelConfig, iterator of (HF name, float32 array in HF layout))."""
+    import gguf
+
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    reader = gguf.GGUFReader(path)
+    config = config_from_gguf(reader)
+    permute = _field(reader, "general.architecture") == "llama"
+
+    def tensors():
+        for tensor in reader.tensors:
+            name = hf_name(tensor.name)
+            if name is None:
+                raise ValueError(f"unexpected GGUF tensor {tensor.name!r} in {path.name}")
+            try:
+                weight = gguf.dequantize(tensor.data, tensor.tensor_type)
+            except NotImplementedError as err:
+                raise ValueError(f"tensor {tensor.name!r} uses quantisation {tensor.tensor_type.name}, which the "
+                                 f"gguf package cannot dequantise ({err}); re-quantise to Q8_0/Q4_K/F16") from err
+            if permute and ".q_proj.weight" in name:
+                weight = unpermute_rope_rows(weight, config.num_heads)
+            elif permute and ".k_proj.weight" in name:
+                weight = unpermute_rope_rows(weight, config.num_kv_heads)
+            yield name, np.asarray(weight, np.float32)
+
+    return config, tensors()
