@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmbandit.models import gguf_loading, load_pretrained
+from rmbandit.models import check_tokenizer, gguf_loading, load_pretrained, load_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -36,8 +36,10 @@ def test_smollm2_gguf_logits_match_transformers(smollm_dir):
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size) == (30, 9, 3, 49152)
     assert cfg.tie_word_embeddings and cfg.rope_theta == 100000.0
     hf = transformers.AutoModelForCausalLM.from_pretrained(smollm_dir, gguf_file=GGUF, dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(smollm_dir, gguf_file=GGUF)
-    tok.padding_side = "left"
+    tok = load_tokenizer(smollm_dir / GGUF)
+    check_tokenizer(cfg, tok)
+    assert tok.padding_side == "left" and "<|im_start|>assistant" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     chats = ["What is 17 + 25?", "Answer with A, B or C: which is a fruit? A) car B) apple C) rock",
              "Write the word hello in capital letters."]
     prompts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)

@@ -85,3 +85,45 @@ def test_missing_or_misshapen_weights_are_clear_errors(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         load_pretrained(tmp_path)
+
+
+def test_logprobs_and_embeddings_match_transformers(tmp_path):
+    from rmbandit.models import prompt_embeddings, sequence_logprobs
+    hf = _save_tiny(tmp_path, "llama_gqa_llama3_rope")
+    model, params = load_pretrained(tmp_path)
+    ids, mask = _batch(seed=1)
+    response = np.zeros_like(mask)
+    response[:, 7:] = 1                             # the last 4 tokens are the response
+    got = sequence_logprobs(model, params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(response))
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions),
+                 output_hidden_states=True)
+    logp = torch.log_softmax(out.logits[:, :-1], -1).gather(-1, torch.tensor(ids[:, 1:, None]))[..., 0].numpy()
+    want = (logp * response[:, 1:]).sum(-1)
+    np.testing.assert_allclose(got.total, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got.mean, want / 4, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got.length, [4, 4, 4])
+    hidden = out.hidden_states[-1].numpy()
+    np.testing.assert_allclose(prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "last"),
+                               hidden[:, -1], atol=1e-4)
+    first = mask.argmax(-1)
+    np.testing.assert_allclose(prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "first"),
+                               hidden[np.arange(3), first], atol=1e-4)
+    mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    np.testing.assert_allclose(prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "mean"),
+                               mean, atol=1e-4)
+    with pytest.raises(ValueError, match="pooling"):
+        prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "max")
+
+
+def test_tokenizer_from_another_model_is_rejected():
+    from rmbandit.models import check_tokenizer
+
+    class FakeTokenizer:
+        def __len__(self):
+            return 151_000
+
+    config = ModelConfig.from_hf_dict({"model_type": "llama", **TINY, "num_hidden_layers": 1})
+    with pytest.raises(ValueError, match="151000 tokens .*vocabulary has 97"):
+        check_tokenizer(config, FakeTokenizer())

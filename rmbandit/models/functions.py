@@ -1,0 +1,51 @@
+"""Pure functions the training loop needs from a decoder: response log-probs and prompt
+embeddings.  All take (model, params, ...) and jit as they are."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class LogProbs(NamedTuple):
+    per_token: Array       # [B, T-1] log p(token t | tokens < t), 0 outside the response
+    total: Array           # [B] sum over response tokens (DPO's log pi(y|x))
+    mean: Array            # [B] length-normalised (total / response length)
+    length: Array          # [B] number of response tokens
+
+
+def token_logprobs(logits: Array, input_ids: Array, response_mask: Array) -> LogProbs:
+    """Log-probs of the tokens marked by ``response_mask`` [B, T] (1 on response tokens,
+    0 on prompt and padding), from logits [B, T, V] of the same sequences."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
+    mask = response_mask[:, 1:].astype(jnp.float32)
+    per_token = picked * mask
+    length = mask.sum(-1)
+    total = per_token.sum(-1)
+    return LogProbs(per_token, total, total / jnp.maximum(length, 1.0), length)
+
+
+def sequence_logprobs(model, params, input_ids: Array, attention_mask: Array, response_mask: Array) -> LogProbs:
+    """Chosen and rejected responses go through in one call: stack them on the batch axis."""
+    logits = model.apply({"params": params}, input_ids, attention_mask)
+    return token_logprobs(logits, input_ids, response_mask * attention_mask)
+
+
+def prompt_embeddings(model, params, input_ids: Array, attention_mask: Array, pooling: str = "last") -> Array:
+    """Final hidden state of each prompt [B, D]: ``last`` token (LASeR's context; prompts
+    must be left-padded so the last position is real), ``first`` real token, or ``mean``
+    over real tokens (LASeR's ablation)."""
+    hidden = model.apply({"params": params}, input_ids, attention_mask, return_hidden=True)
+    mask = attention_mask.astype(hidden.dtype)
+    if pooling == "last":
+        return hidden[:, -1]
+    if pooling == "first":
+        first = jnp.argmax(attention_mask, axis=-1)
+        return jnp.take_along_axis(hidden, first[:, None, None], axis=1)[:, 0]
+    if pooling == "mean":
+        return (hidden * mask[..., None]).sum(1) / jnp.maximum(mask.sum(1, keepdims=True), 1.0)
+    raise ValueError(f"pooling must be 'last', 'first' or 'mean', got {pooling!r}")
