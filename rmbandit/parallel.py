@@ -1,0 +1,50 @@
+"""Meshes and the logical-axis rules table: parameters and activations name their axes
+logically (``embed``, ``mlp``, ``q_heads``, ...); one table maps them to mesh axes
+``data`` (batch), ``fsdp`` (parameter sharding) and ``tensor`` (tensor parallelism).
+The mesh is always passed in, never global."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_RULES = (
+    ("batch", "data"),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("norm", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: all, multi-host included);
+    ``data=-1`` takes what the other two leave."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    if data == -1:
+        if devices.size % (fsdp * tensor):
+            raise ValueError(f"{devices.size} devices do not split into fsdp={fsdp} x tensor={tensor}")
+        data = devices.size // (fsdp * tensor)
+    if data * fsdp * tensor != devices.size:
+        raise ValueError(f"mesh {data}x{fsdp}x{tensor} needs {data * fsdp * tensor} devices, have {devices.size}")
+    return Mesh(devices.reshape(data, fsdp, tensor), MESH_AXES)
+
+
+def param_specs(model, example_inputs, rules=LOGICAL_RULES):
+    """PartitionSpecs (mesh axes) for the model's parameters, from their logical names."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs))["params"]
+    return nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
+
+
+def param_shardings(model, mesh: Mesh, example_inputs, rules=LOGICAL_RULES):
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(model, example_inputs, rules),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) axis over ``data`` and ``fsdp`` (FSDP shards the batch too)."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))

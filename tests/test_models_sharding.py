@@ -1,0 +1,50 @@
+"""Models on a (data, fsdp, tensor) mesh of the 8 fake CPU devices."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from rmbandit import parallel
+from rmbandit.models import LlamaModel, ModelConfig
+
+CONFIG = ModelConfig.from_hf_dict(dict(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       head_dim=8))
+
+
+def test_parameters_get_the_expected_partition_specs():
+    model = LlamaModel(CONFIG)
+    specs = parallel.param_specs(model, (jnp.zeros((1, 4), jnp.int32),))
+    layer = specs["layers_0"]
+    assert specs["embed_tokens"] == P("tensor", "fsdp")
+    assert specs["lm_head"]["kernel"] == P("fsdp", "tensor")
+    assert layer["self_attn"]["q_proj"]["kernel"] == P("fsdp", "tensor")
+    assert layer["self_attn"]["o_proj"]["kernel"] == P("tensor", "fsdp")
+    assert layer["mlp"]["down_proj"]["kernel"] == P("tensor", "fsdp")
+    assert layer["self_attn"]["q_norm"]["scale"] == P(None)
+
+
+def test_sharded_forward_equals_single_device():
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    model = LlamaModel(CONFIG)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(4, 9)), jnp.int32)
+    mask = jnp.ones_like(ids).at[1, :3].set(0)
+    params = nn.unbox(model.init(jax.random.key(0), ids[:1])["params"])
+    want = model.apply({"params": params}, ids, mask)
+    shardings = parallel.param_shardings(model, mesh, (ids[:1],))
+    sharded = jax.device_put(params, shardings)
+    assert sharded["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    batch = parallel.batch_sharding(mesh)
+    forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))
+    got = forward(sharded, jax.device_put(ids, batch), jax.device_put(mask, batch))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len(got.sharding.device_set) == 8
+
+
+def test_mesh_shape_errors():
+    import pytest
+    with pytest.raises(ValueError, match="needs 12 devices, have 8"):
+        parallel.make_mesh(data=3, fsdp=2, tensor=2)
+    with pytest.raises(ValueError, match="do not split"):
+        parallel.make_mesh(fsdp=3)
