@@ -1,0 +1,66 @@
+"""Export params (LoRA merged first, if any) to an HF safetensors directory that
+transformers loads."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import flax
+import numpy as np
+from safetensors.numpy import save_file
+
+from rmbandit.models.config import ModelConfig
+
+_HF_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+             "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def hf_config_dict(config: ModelConfig) -> dict:
+    rope = {"rope_type": config.rope_type, "rope_theta": config.rope_theta}
+    if config.rope_type in ("llama3", "linear"):
+        rope["factor"] = config.rope_factor
+    if config.rope_type == "llama3":
+        rope.update(low_freq_factor=config.rope_low_freq_factor, high_freq_factor=config.rope_high_freq_factor,
+                    original_max_position_embeddings=config.rope_original_max_positions)
+    out = {
+        "architectures": [_HF_CLASS[config.model_type]], "model_type": config.model_type,
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "hidden_act": "silu",
+        "rope_parameters": rope, "rope_theta": config.rope_theta,
+        "attention_bias": config.attention_bias, "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
+    }
+    if config.model_type == "mistral":
+        out["sliding_window"] = config.sliding_window
+    return out
+
+
+def _hf_name(path: tuple[str, ...]) -> str:
+    if path == ("embed_tokens",):
+        return "model.embed_tokens.weight"
+    if path == ("norm", "scale"):
+        return "model.norm.weight"
+    if path == ("lm_head", "kernel"):
+        return "lm_head.weight"
+    layer = path[0].removeprefix("layers_")
+    kind = {"kernel": "weight", "scale": "weight", "bias": "bias"}[path[-1]]
+    return f"model.layers.{layer}.{'.'.join(path[1:-1])}.{kind}"
+
+
+def export_hf(directory, config: ModelConfig, params, lora=None, lora_config=None) -> pathlib.Path:
+    """Write config.json + model.safetensors (float32) to ``directory``."""
+    if lora is not None:
+        from rmbandit.models.lora import LoraConfig, merge_lora
+        params = merge_lora(params, lora, lora_config or LoraConfig())
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for path, value in flax.traverse_util.flatten_dict(params).items():
+        array = np.asarray(value, np.float32)
+        tensors[_hf_name(path)] = np.ascontiguousarray(array.T if path[-1] == "kernel" else array)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2))
+    return directory

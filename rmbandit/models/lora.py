@@ -1,0 +1,60 @@
+"""LoRA as a separate params pytree, so the optimiser sees only the adapters.
+
+``lora = init_lora(key, params, LoraConfig())`` mirrors the targeted Dense layers:
+``{"layers_0": {"self_attn": {"q_proj": {"a": [in, r], "b": [r, out]}}}, ...}``.
+``merge_lora(params, lora, cfg)`` returns params with W + (alpha / r) a @ b; call it
+inside the jitted step and differentiate with respect to ``lora`` only (the frozen
+weights get no gradient), or once for export.  b starts at zero (as in peft), so a
+fresh adapter leaves the model unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 16                                     # LASeR: rank 16, alpha 32, q_proj/v_proj
+    alpha: float = 32.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def _targets(params, config: LoraConfig):
+    flat = flax.traverse_util.flatten_dict(params)
+    found = {path[:-1]: value for path, value in flat.items() if path[-1] == "kernel" and path[-2] in config.targets}
+    names = {path[-1] for path in found}
+    absent = [t for t in config.targets if t not in names]
+    if absent:
+        available = sorted({p[-2] for p in flat if p[-1] == "kernel"})
+        raise ValueError(f"LoRA targets {absent} match no Dense layer; available: {available}")
+    return found
+
+
+def init_lora(key, params, config: LoraConfig = LoraConfig()):
+    targets = _targets(params, config)
+    keys = jax.random.split(key, len(targets))
+    lora = {}
+    for k, (path, kernel) in zip(keys, sorted(targets.items())):
+        fan_in, fan_out = kernel.shape
+        bound = 1.0 / jnp.sqrt(fan_in)                 # peft's kaiming-uniform(a=sqrt(5)) bound
+        lora[path] = {"a": jax.random.uniform(k, (fan_in, config.rank), kernel.dtype, -bound, bound),
+                      "b": jnp.zeros((config.rank, fan_out), kernel.dtype)}
+    return flax.traverse_util.unflatten_dict({p + (n,): v for p, ab in lora.items() for n, v in ab.items()})
+
+
+def merge_lora(params, lora, config: LoraConfig = LoraConfig()):
+    flat = flax.traverse_util.flatten_dict(params)
+    adapters = flax.traverse_util.flatten_dict(lora)
+    for path in {p[:-1] for p in adapters}:
+        a, b = adapters[path + ("a",)], adapters[path + ("b",)]
+        kernel = flat[path + ("kernel",)]
+        flat[path + ("kernel",)] = kernel + (config.scale * (a @ b)).astype(kernel.dtype)
+    return flax.traverse_util.unflatten_dict(flat)
