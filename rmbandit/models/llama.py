@@ -8,6 +8,7 @@ grouped-query attention, SwiGLU MLP, RMSNorm.  Parameters carry logical axis nam
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -78,7 +79,9 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, bias):
+    def __call__(self, x, positions, bias, cache=None, index=None):
+        """With ``cache`` = (k, v) [B, S, KV, D], this step's keys and values are written at
+        ``index`` and the queries attend over all S slots (``bias`` masks the empty ones)."""
         cfg = self.config
         b, t, _ = x.shape
         heads, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -91,12 +94,15 @@ class Attention(nn.Module):
             k = RMSNorm(cfg.rms_norm_eps, self.dtype, name="k_norm")(k)
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
         q = q.reshape(b, t, kv, heads // kv, hd)                      # group query heads per kv head
         logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / math.sqrt(hd)
         logits = logits + bias[:, :, None]
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, heads * hd)
-        return _dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out)
+        return _dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out), (k, v)
 
 
 class MLP(nn.Module):
@@ -116,12 +122,29 @@ class Block(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, bias):
+    def __call__(self, x, positions, bias, cache=None, index=None):
         cfg = self.config
-        x = x + Attention(cfg, self.dtype, name="self_attn")(
-            RMSNorm(cfg.rms_norm_eps, self.dtype, name="input_layernorm")(x), positions, bias)
+        h, kv = Attention(cfg, self.dtype, name="self_attn")(
+            RMSNorm(cfg.rms_norm_eps, self.dtype, name="input_layernorm")(x), positions, bias, cache, index)
+        x = x + h
         return x + MLP(cfg, self.dtype, name="mlp")(
-            RMSNorm(cfg.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x))
+            RMSNorm(cfg.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)), kv
+
+
+class KVCache(NamedTuple):
+    """Decode state: keys/values of every layer, which slots hold real tokens, the next
+    slot to write and each row's next RoPE position."""
+    k: Array               # [L, B, S, KV, D]
+    v: Array
+    mask: Array            # [B, S] bool
+    index: Array           # int32: next slot
+    positions: Array       # [B] int32
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool),
+                   jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
 class LlamaModel(nn.Module):
@@ -129,31 +152,51 @@ class LlamaModel(nn.Module):
 
     Left padding is supported: positions count only real tokens (as HF ``generate``
     does), padded keys are masked.  ``return_hidden=True`` returns the final normed
-    hidden states [B, T, D] instead (embeddings, reward heads)."""
+    hidden states [B, T, D] instead (embeddings, reward heads).  With ``cache`` (see
+    ``init_cache``) the call appends the tokens to the cache and returns
+    (logits, new cache): prefill with the prompt, then decode one token at a time."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, return_hidden=False):
+    def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None):
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         valid = attention_mask.astype(bool)
-        positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
-        # masks follow the sequence axis: for real tokens it differs from positions by the
-        # row's constant padding offset, so causality and the window are the same either way
-        index = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        bias = attention_bias(index, index, valid, cfg.sliding_window)
+        t = input_ids.shape[1]
+        if cache is None:
+            positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+            # masks follow the sequence axis: for real tokens it differs from positions by the
+            # row's constant padding offset, so causality and the window are the same either way
+            query_index = jnp.broadcast_to(jnp.arange(t), input_ids.shape)
+            key_index, key_valid = query_index, valid
+        else:
+            positions = cache.positions[:, None] + jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+            key_valid = jax.lax.dynamic_update_slice(cache.mask, valid, (0, cache.index))
+            query_index = jnp.broadcast_to(cache.index + jnp.arange(t), input_ids.shape)
+            key_index = jnp.broadcast_to(jnp.arange(key_valid.shape[1]), key_valid.shape)
+        bias = attention_bias(query_index, key_index, key_valid, cfg.sliding_window)
         embed = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                        ("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), self.dtype)
         x = embed[input_ids]
+        cache_k, cache_v = (None, None) if cache is None else (cache.k, cache.v)
         for i in range(cfg.num_layers):
-            x = Block(cfg, self.dtype, name=f"layers_{i}")(x, positions, bias)
+            layer_cache = None if cache is None else (cache_k[i], cache_v[i])
+            x, (k, v) = Block(cfg, self.dtype, name=f"layers_{i}")(
+                x, positions, bias, layer_cache, None if cache is None else cache.index)
+            if cache is not None:          # in place in a decode loop (the cache is its carry)
+                cache_k, cache_v = cache_k.at[i].set(k), cache_v.at[i].set(v)
         x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
         if return_hidden:
-            return x
-        if cfg.tie_word_embeddings:
-            return jnp.einsum("btd,vd->btv", x, embed).astype(jnp.float32)
-        return _dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x).astype(jnp.float32)
+            out = x
+        elif cfg.tie_word_embeddings:
+            out = jnp.einsum("btd,vd->btv", x, embed).astype(jnp.float32)
+        else:
+            out = _dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x).astype(jnp.float32)
+        if cache is None:
+            return out
+        return out, KVCache(cache_k, cache_v, key_valid, cache.index + t,
+                            cache.positions + valid.sum(-1).astype(jnp.int32))

@@ -1,0 +1,67 @@
+"""KV-cache sampling against transformers generate and against the full forward."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rmbandit.models import load_pretrained
+from rmbandit.models.llama import init_cache
+from rmbandit.models.sampling import bucket, filter_logits, generate
+from tests.test_models_parity import CASES, _batch, _save_tiny
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3_rope", "mistral_sliding_window", "qwen3_qk_norm"])
+def test_greedy_generation_is_token_identical_to_transformers(tmp_path, name):
+    hf = _save_tiny(tmp_path, name)
+    model, params = load_pretrained(tmp_path)
+    ids, mask = _batch(seed=3, t=7)
+    got = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+                   max_new_tokens=9, temperature=0.0)
+    with torch.no_grad():
+        want = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=9,
+                           do_sample=False, eos_token_id=None, pad_token_id=0).numpy()[:, ids.shape[1]:]
+    np.testing.assert_array_equal(got.tokens, want)
+    assert np.asarray(got.mask).all()
+
+
+def test_cached_decode_equals_full_forward_logprobs(tmp_path):
+    _save_tiny(tmp_path, "qwen2_qkv_bias")
+    model, params = load_pretrained(tmp_path)
+    ids, mask = _batch(seed=4, t=8)          # every prompt has real tokens
+    out = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(1),
+                   max_new_tokens=5, num_samples=2, temperature=0.8)
+    full_ids = np.concatenate([np.repeat(ids, 2, 0), np.asarray(out.tokens)], 1)
+    full_mask = np.concatenate([np.repeat(mask, 2, 0), np.asarray(out.mask)], 1)
+    logits = model.apply({"params": params}, jnp.asarray(full_ids), jnp.asarray(full_mask))
+    logp = jax.nn.log_softmax(logits[:, 7:-1], -1)
+    want = jnp.take_along_axis(logp, jnp.asarray(out.tokens)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, want, atol=1e-4)
+
+
+def test_eos_stops_a_sample_and_pads_after_it(tmp_path):
+    _save_tiny(tmp_path, "llama_tied_mha")
+    model, params = load_pretrained(tmp_path)
+    ids, mask = _batch(seed=5, t=5)
+    free = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+                    max_new_tokens=6, temperature=0.0)
+    eos = int(free.tokens[0, 2])                 # make row 0's third token the EOS
+    out = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+                   max_new_tokens=6, temperature=0.0, eos_ids=(eos,), pad_id=0)
+    first = int(np.argmax(np.asarray(out.tokens[0]) == eos))
+    assert first <= 2
+    np.testing.assert_array_equal(out.mask[0], [1] * (first + 1) + [0] * (5 - first))
+    assert (np.asarray(out.tokens[0, first + 1:]) == 0).all()
+
+
+def test_samples_differ_per_key_and_follow_the_distribution():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filter_logits(logits, 1.0, top_p=0.7)
+    assert np.isfinite(np.asarray(kept[0, :2])).all() and np.isinf(np.asarray(kept[0, 2:])).all()
+    kept = filter_logits(logits, 1.0, top_k=3)
+    assert np.isinf(np.asarray(kept[0, 3])) and np.isfinite(np.asarray(kept[0, :3])).all()
+    draws = jax.vmap(lambda k: jax.random.categorical(k, filter_logits(logits, 1.0)[0]))(
+        jax.random.split(jax.random.key(0), 20000))
+    np.testing.assert_allclose(np.bincount(np.asarray(draws), minlength=4) / 20000, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+    assert bucket(1) == 32 and bucket(33) == 64 and bucket(64) == 64
