@@ -134,16 +134,18 @@ class Block(nn.Module):
 class KVCache(NamedTuple):
     """Decode state: keys/values of every layer, which slots hold real tokens, the next
     slot to write and each row's next RoPE position."""
-    k: Array               # [L, B, S, KV, D]
-    v: Array
+    k: tuple               # L arrays [B, S, KV, D]: one buffer per layer, so a decode step
+    v: tuple               # writes its token in place instead of copying a stacked cache
     mask: Array            # [B, S] bool
     index: Array           # int32: next slot
     positions: Array       # [B] int32
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), bool),
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    layers = range(config.num_layers)
+    return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers),
+                   jnp.zeros((batch, length), bool),
                    jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
@@ -182,13 +184,13 @@ class LlamaModel(nn.Module):
                                                                        ("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), self.dtype)
         x = embed[input_ids]
-        cache_k, cache_v = (None, None) if cache is None else (cache.k, cache.v)
+        cache_k, cache_v = [], []
         for i in range(cfg.num_layers):
-            layer_cache = None if cache is None else (cache_k[i], cache_v[i])
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x, (k, v) = Block(cfg, self.dtype, name=f"layers_{i}")(
                 x, positions, bias, layer_cache, None if cache is None else cache.index)
-            if cache is not None:          # in place in a decode loop (the cache is its carry)
-                cache_k, cache_v = cache_k.at[i].set(k), cache_v.at[i].set(v)
+            cache_k.append(k)
+            cache_v.append(v)
         x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
         if return_hidden:
             out = x
@@ -198,5 +200,5 @@ class LlamaModel(nn.Module):
             out = _dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x).astype(jnp.float32)
         if cache is None:
             return out
-        return out, KVCache(cache_k, cache_v, key_valid, cache.index + t,
+        return out, KVCache(tuple(cache_k), tuple(cache_v), key_valid, cache.index + t,
                             cache.positions + valid.sum(-1).astype(jnp.int32))
