@@ -65,3 +65,21 @@ def test_samples_differ_per_key_and_follow_the_distribution():
         jax.random.split(jax.random.key(0), 20000))
     np.testing.assert_allclose(np.bincount(np.asarray(draws), minlength=4) / 20000, [0.5, 0.3, 0.15, 0.05], atol=0.015)
     assert bucket(1) == 32 and bucket(33) == 64 and bucket(64) == 64
+
+
+def test_sampled_tokens_follow_the_model_distribution(tmp_path):
+    """Empirical first-token frequencies over many samples match softmax(logits / T)."""
+    _save_tiny(tmp_path, "llama_tied_mha")
+    model, params = load_pretrained(tmp_path)
+    params = {**params, "norm": {"scale": params["norm"]["scale"] * 40}}     # a peaked distribution
+    ids, mask = _batch(seed=6, t=5)
+    ids, mask = jnp.asarray(ids[:1]), jnp.asarray(mask[:1])
+    n = 4000
+    out = generate(model, params, ids, mask, jax.random.key(3), max_new_tokens=1, num_samples=n, temperature=0.7)
+    want = np.asarray(jax.nn.softmax(model.apply({"params": params}, ids, mask)[0, -1] / 0.7))
+    freq = np.bincount(np.asarray(out.tokens[:, 0]), minlength=want.size) / n
+    assert want.max() > 0.2, "the test needs a peaked distribution to tell samplers apart"
+    # DKW: the empirical CDF is within 0.031 of the true one with probability 0.999
+    assert np.abs(np.cumsum(freq) - np.cumsum(want)).max() < 0.031
+    uniform = np.full_like(want, 1 / want.size)
+    assert np.abs(np.cumsum(uniform) - np.cumsum(want)).max() > 0.1     # a wrong sampler would fail

@@ -156,13 +156,15 @@ class LlamaModel(nn.Module):
     does), padded keys are masked.  ``return_hidden=True`` returns the final normed
     hidden states [B, T, D] instead (embeddings, reward heads).  With ``cache`` (see
     ``init_cache``) the call appends the tokens to the cache and returns
-    (logits, new cache): prefill with the prompt, then decode one token at a time."""
+    (logits, new cache): prefill with the prompt, then decode one token at a time.
+    ``last_only=True`` projects only the last position onto the vocabulary."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None):
+    def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None,
+                 last_only=False):
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -192,6 +194,8 @@ class LlamaModel(nn.Module):
             cache_k.append(k)
             cache_v.append(v)
         x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
+        if last_only:              # prefill for sampling: the vocabulary projection of one position
+            x = x[:, -1:]
         if return_hidden:
             out = x
         elif cfg.tie_word_embeddings:

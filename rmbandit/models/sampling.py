@@ -48,11 +48,13 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
              eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> Samples:
     """Left-padded prompts [B, P] -> ``num_samples`` continuations each (rows grouped by
     prompt: row i * n + j is sample j of prompt i).  temperature 0 is greedy."""
-    ids = jnp.repeat(prompt_ids, num_samples, axis=0)
-    mask = jnp.repeat(prompt_mask, num_samples, axis=0)
-    rows = ids.shape[0]
-    cache = init_cache(model.config, rows, ids.shape[1] + max_new_tokens, model.dtype)
-    logits, cache = model.apply({"params": params}, ids, mask, cache=cache)
+    # the samples of a prompt share it: prefill each prompt once, projecting only its last
+    # position onto the vocabulary, then copy the cache for the samples
+    cache = init_cache(model.config, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens, model.dtype)
+    logits, cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=cache, last_only=True)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0) if x.ndim else x, cache)
+    logits = jnp.repeat(logits, num_samples, axis=0)
+    rows = logits.shape[0]
     row_keys = jax.random.split(key, rows)                  # one stream per sample
 
     def pick(logits, step):
@@ -60,9 +62,10 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
         if temperature == 0.0:
             token = jnp.argmax(logits, axis=-1)
         else:
-            keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
-            scaled = filter_logits(logits, temperature, top_k, top_p)
-            token = jax.vmap(jax.random.categorical)(keys, scaled)
+            # inverse-CDF sampling: one uniform per row instead of a Gumbel draw per vocabulary entry
+            u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(row_keys)
+            cdf = jnp.cumsum(jax.nn.softmax(filter_logits(logits, temperature, top_k, top_p), axis=-1), axis=-1)
+            token = jnp.minimum(jnp.sum(cdf < u[:, None] * cdf[:, -1:], axis=-1), logits.shape[-1] - 1)
         return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
     def body(carry):
