@@ -1,15 +1,30 @@
-"""Bandit speed, side by side in one run: rmbandit (jitted, after warm-up) vs MABWiser 2.x
-LinUCB / LinTS vs a naive NumPy LinUCB that inverts every arm's A each batch (what the
-LASeR reference code does).
+"""Bandit speed, side by side in one run: rmbandit's jitted LinUCB / linear Thompson sampling
+vs MABWiser 2.x LinUCB / LinTS vs a naive NumPy LinUCB that calls np.linalg.inv on every arm's
+A_k every batch (what the LASeR reference code does).
 
-    python experiments/benchmarks/bandit_speed.py            # full run, a few minutes
-    python experiments/benchmarks/bandit_speed.py --quick    # smoke run
+    PYTHONPATH=. python experiments/benchmarks/bandit_speed.py            # full run, ~1-2 min
+    PYTHONPATH=. python experiments/benchmarks/bandit_speed.py --quick    # smoke run
+    options: --steps N (timed steps of the fast methods), --slow-steps N (d=4096 peers),
+             --out PATH (JSON, default experiments/benchmarks/results/bandit_speed.json),
+             --single-thread (everything on one core: see below)
 
-Workloads (ms per select + update step, median over steps):
-  per-item   d=768,  K=8, B=64   (BayesianRouter: one RM per pair)
-  per-batch  d=4096, K=4, B=1    (LASeR: one mean context per batch of 16 prompts)
-  per-item TS d=576, K=8, 4096 pairs in steps of 64
-Only ratios measured in the same run mean anything on a shared machine.
+Measures wall-clock ms per step, select and update apart and their sum (median over the timed
+steps), every method on the same stream: float32 contexts from a fixed-seed Generator, rewards
+from a hidden linear model per arm plus noise.  One untimed warm-up batch comes first (rmbandit:
+compile, reported apart as the time of the first call; MABWiser: the initial ``fit``).  The
+reward lookup of the pulled arms is not timed.
+
+  per-item     d=768,  K=8, B=64   rmbandit LinUCB and TS, MABWiser LinUCB and LinTS, naive inverse
+  per-batch    d=4096, K=4, B=1    (LASeR: one mean context per 16 prompts) rmbandit LinUCB,
+                                   MABWiser LinUCB, naive inverse (seconds per step: few steps)
+  per-item TS  d=576,  K=8, 4096 pairs in steps of 64: rmbandit linear TS (all 64 steps) vs
+                                   MABWiser LinTS (at most 10 steps; per 4096 pairs = median x 64)
+
+On a shared machine only the ratios inside one run are claims, and only when the load average
+printed at the top is low: OpenBLAS's threads (MABWiser, the naive inverse) slow down 10-50x
+when another process holds a core (measured on a 2-core VM: MABWiser LinTS select 60 ms idle,
+3.2 s under load; 80 ms with one BLAS thread).  ``--single-thread`` pins the process to one CPU
+and OpenBLAS to one thread before JAX starts, a fair comparison on a busy machine.
 """
 from __future__ import annotations
 
@@ -17,154 +32,191 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import time
+from importlib.metadata import version
 
 import jax
 import numpy as np
-from importlib.metadata import version
-
 from mabwiser.mab import MAB, LearningPolicy
+from threadpoolctl import threadpool_limits
 
-from rmbandit import bandits
+from rmbandit.bandits import linear
 
 
 def make_stream(steps, rows, dim, arms, seed=0):
-    """Contexts and rewards from a hidden linear model per arm plus noise."""
+    """Contexts [steps, rows, dim] and the reward of every arm [steps, rows, arms], float32."""
     rng = np.random.default_rng(seed)
     theta = rng.normal(size=(arms, dim)) / np.sqrt(dim)
     x = rng.normal(size=(steps, rows, dim)).astype(np.float32)
     return x, (x @ theta.T + 0.1 * rng.normal(size=(steps, rows, arms))).astype(np.float32)
 
 
-def timed_steps(select, update, x, table):
-    """Run the stream; return per-step select and update seconds (arrays)."""
+def time_steps(select, update, x, table):
+    """Run select(ctx, t) -> arms and update(ctx, arms, rewards) over the stream.
+
+    Returns per-step select and update seconds; the reward lookup between them is untimed."""
     t_sel, t_upd = [], []
     for t in range(len(x)):
         t0 = time.perf_counter()
         arms = select(x[t], t)
         t1 = time.perf_counter()
-        update(x[t], arms, table[t][np.arange(len(arms)), arms])
+        rewards = table[t][np.arange(len(x[t])), np.asarray(arms)]
         t2 = time.perf_counter()
+        update(x[t], arms, rewards)
+        t3 = time.perf_counter()
         t_sel.append(t1 - t0)
-        t_upd.append(t2 - t1)
+        t_upd.append(t3 - t2)
     return np.array(t_sel), np.array(t_upd)
 
 
-def run_rmbandit(bandit, x, table, warmup=2):
-    k = table.shape[-1]
-    select = jax.jit(bandit.select)
-    update = jax.jit(bandit.update, donate_argnums=0)
-    holder = {"state": bandit.init(jax.random.key(0), k, x.shape[-1])}
-    key = jax.random.key(1)
+def run_rmbandit(bandit, x, table):
+    """x[0] compiles (first call, timed apart); x[1:] is timed."""
+    sel = jax.jit(bandit.select)
+    upd = jax.jit(bandit.update, donate_argnums=0)   # the state is ~270 MB at d=4096, K=4
+    state = bandit.init(jax.random.key(0), table.shape[-1], x.shape[-1])
+    keys = list(jax.random.split(jax.random.key(1), len(x)))
 
-    def sel(ctx, t):
-        arms, _ = select(holder["state"], ctx, jax.random.fold_in(key, t))
-        return np.asarray(arms)                        # blocks: arms go back to the host
+    def select(ctx, t):
+        arms, _ = jax.block_until_ready(sel(state, ctx, keys[t]))
+        return arms
 
-    def upd(ctx, arms, rewards):
-        holder["state"] = update(holder["state"], ctx, arms, rewards)
-        jax.block_until_ready(holder["state"])
+    def update(ctx, arms, rewards):
+        nonlocal state
+        state = jax.block_until_ready(upd(state, ctx, arms, rewards))
 
-    t0 = time.perf_counter()
-    timed_steps(sel, upd, x[:warmup], table[:warmup])   # compile
-    compile_s = time.perf_counter() - t0
-    s, u = timed_steps(sel, upd, x[warmup:], table[warmup:])
-    return s, u, compile_s
+    (s0,), (u0,) = time_steps(select, update, x[:1], table[:1])
+    s, u = time_steps(select, update, x[1:], table[1:])
+    return s, u, {"select_first_call_s": float(s0), "update_first_call_s": float(u0)}
 
 
 def run_mabwiser(policy, x, table):
+    """fit on x[0] (untimed), then predict + partial_fit per step on x[1:]."""
     k = table.shape[-1]
     mab = MAB(arms=list(range(k)), learning_policy=policy, seed=0)
-    mab.fit(np.arange(len(x[0])) % k, table[0][np.arange(len(x[0])), np.arange(len(x[0])) % k], x[0])
+    warm = np.arange(len(x[0])) % k
+    mab.fit(warm, table[0][np.arange(len(warm)), warm], x[0])
 
-    def sel(ctx, t):
-        return np.atleast_1d(np.asarray(mab.predict(ctx)))
+    def select(ctx, t):
+        return np.atleast_1d(mab.predict(ctx))       # a bare arm when ctx has one row
 
-    def upd(ctx, arms, rewards):
+    def update(ctx, arms, rewards):
         mab.partial_fit(arms, rewards, ctx)
 
-    s, u = timed_steps(sel, upd, x[1:], table[1:])
-    return s, u, 0.0
+    s, u = time_steps(select, update, x[1:], table[1:])
+    return s, u, None
 
 
 def run_naive_inverse(x, table, alpha=0.5):
-    """LinUCB keeping A_k, b_k and calling np.linalg.inv on every arm every batch."""
+    """LinUCB keeping A_k, b_k; np.linalg.inv on every arm's A_k every batch. Times x[1:]."""
     k, d = table.shape[-1], x.shape[-1]
     a = np.stack([np.eye(d, dtype=np.float32)] * k)
     b = np.zeros((k, d), np.float32)
 
-    def sel(ctx, t):
-        a_inv = np.stack([np.linalg.inv(m) for m in a])
-        theta = np.einsum("kde,ke->kd", a_inv, b)
-        quad = np.einsum("bd,kde,be->bk", ctx, a_inv, ctx, optimize=True)
+    def select(ctx, t):
+        a_inv = np.stack([np.linalg.inv(a_k) for a_k in a])      # [K, d, d]
+        theta = np.einsum("kde,ke->kd", a_inv, b)                  # A^-1 b
+        quad = np.einsum("kbd,bd->bk", ctx @ a_inv, ctx)           # c^T A^-1 c
         return np.argmax(ctx @ theta.T + alpha * np.sqrt(quad), axis=-1)
 
-    def upd(ctx, arms, rewards):
+    def update(ctx, arms, rewards):
         for c, arm, r in zip(ctx, arms, rewards):
             a[arm] += np.outer(c, c)
             b[arm] += r * c
 
-    s, u = timed_steps(sel, upd, x, table)
-    return s, u, 0.0
+    s, u = time_steps(select, update, x[1:], table[1:])
+    return s, u, None
 
 
-def summarise(name, method, s, u, compile_s, pairs_per_step, compare_to=None):
-    return {"workload": name, "method": method, "compare_to": compare_to, "steps": int(len(s)),
-            "select_ms": 1e3 * float(np.median(s)), "update_ms": 1e3 * float(np.median(u)),
-            "total_ms": 1e3 * float(np.median(s + u)), "compile_s": compile_s,
-            "ms_per_4096_pairs": 1e3 * float(np.median(s + u)) * 4096 / pairs_per_step}
+def summarise(workload, method, baseline, rows, timings):
+    s, u, compile_s = timings
+    total = 1e3 * float(np.median(s + u))
+    out = {"workload": workload, "method": method, "baseline": baseline, "steps": len(s),
+           "rows_per_step": rows, "select_ms": 1e3 * float(np.median(s)),
+           "update_ms": 1e3 * float(np.median(u)), "total_ms": total,
+           "sum_over_steps_ms": 1e3 * float(np.sum(s + u)), "compile": compile_s}
+    if rows > 1:
+        out["ms_per_4096_pairs"] = total * 4096 / rows
+    print(f"  done: {workload} / {method} ({len(s)} steps, {total:.2f} ms/step)", flush=True)
+    return out
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps for fast methods")
-    parser.add_argument("--slow-steps", type=int, default=3, help="timed steps for the naive inverse / MABWiser at d=4096")
-    parser.add_argument("--quick", action="store_true", help="few steps, for a smoke run")
-    parser.add_argument("--out", default="experiments/benchmarks/results/bandit_speed.json")
-    args = parser.parse_args(argv)
-    steps, slow = (4, 2) if args.quick else (args.steps, args.slow_steps)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="timed steps of the fast methods")
+    p.add_argument("--slow-steps", type=int, default=3, help="timed steps of the d=4096 peers")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (smoke run)")
+    p.add_argument("--out", default="experiments/benchmarks/results/bandit_speed.json")
+    p.add_argument("--single-thread", action="store_true",
+                   help="one CPU for XLA and one OpenBLAS thread (for a busy machine)")
+    args = p.parse_args(argv)
+    if args.single_thread:       # before the first JAX call: XLA's threads inherit the affinity
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        threadpool_limits(1)
+    fast, slow = (3, 1) if args.quick else (args.steps, args.slow_steps)
+    medium = min(fast, 10)                 # peers at d=576/768: ~0.1-0.2 s per step
+    ts_steps = 4 if args.quick else 4096 // 64
+    versions = {"jax": jax.__version__, "jax_backend": jax.default_backend(),
+                "mabwiser": version("mabwiser"), "numpy": np.__version__,
+                "cpu_count": os.cpu_count(), "cpus_used": len(os.sched_getaffinity(0)),
+                "single_thread": args.single_thread, "load_average": os.getloadavg()}
     print(f"jax {jax.__version__} ({jax.default_backend()}), mabwiser {version('mabwiser')}, "
-          f"numpy {np.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    results = []
-    lin, ts = "rmbandit linucb", "rmbandit linear_thompson"
+          f"numpy {np.__version__}, {os.cpu_count()} CPUs ({versions['cpus_used']} used"
+          f"{', one BLAS thread' if args.single_thread else ''}), load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
-    x, table = make_stream(steps + 2, 64, 768, 8)
-    name = "per-item d=768 K=8 B=64"
-    results.append(summarise(name, lin, *run_rmbandit(bandits.linucb(0.5), x, table), 64))
-    results.append(summarise(name, ts, *run_rmbandit(bandits.linear_thompson(), x, table), 64))
-    results.append(summarise(name, "mabwiser LinUCB", *run_mabwiser(LearningPolicy.LinUCB(alpha=0.5), x[:slow * 2 + 1], table), 64, lin))
-    results.append(summarise(name, "mabwiser LinTS", *run_mabwiser(LearningPolicy.LinTS(alpha=1.0), x[:slow * 2 + 1], table), 64, ts))
-    results.append(summarise(name, "numpy naive inverse", *run_naive_inverse(x[:slow * 2], table), 64, lin))
+    ucb = "rmbandit LinUCB"
+    ts = "rmbandit linear TS"
+    new_ucb = lambda: linear.linucb(alpha=0.5)
+    new_ts = lambda: linear.linear_thompson(prior_var=1.0, noise_var=1.0)
+    mw_ucb = lambda: LearningPolicy.LinUCB(alpha=0.5)
+    mw_ts = lambda: LearningPolicy.LinTS(alpha=1.0)
+    res = []
 
-    x, table = make_stream(steps + 2, 1, 4096, 4)
-    name = "per-batch d=4096 K=4 B=1"
-    results.append(summarise(name, lin, *run_rmbandit(bandits.linucb(0.5), x, table), 1))
-    results.append(summarise(name, "mabwiser LinUCB", *run_mabwiser(LearningPolicy.LinUCB(alpha=0.5), x[:slow + 1], table), 1, lin))
-    results.append(summarise(name, "numpy naive inverse", *run_naive_inverse(x[:slow], table), 1, lin))
+    w, rows = "per-item d=768 K=8 B=64", 64
+    x, tab = make_stream(1 + fast, rows, 768, 8)
+    res.append(summarise(w, ucb, None, rows, run_rmbandit(new_ucb(), x, tab)))
+    res.append(summarise(w, ts, None, rows, run_rmbandit(new_ts(), x, tab)))
+    res.append(summarise(w, "MABWiser LinUCB", ucb, rows, run_mabwiser(mw_ucb(), x[:1 + medium], tab)))
+    res.append(summarise(w, "MABWiser LinTS", ts, rows, run_mabwiser(mw_ts(), x[:1 + medium], tab)))
+    res.append(summarise(w, "NumPy naive inverse", ucb, rows, run_naive_inverse(x[:1 + medium], tab)))
 
-    pairs_steps = 8 if args.quick else 4096 // 64
-    x, table = make_stream(pairs_steps + 2, 64, 576, 8)
-    name = "per-item TS d=576 K=8 (4096 pairs)"
-    results.append(summarise(name, ts, *run_rmbandit(bandits.linear_thompson(), x, table), 64))
-    results.append(summarise(name, "mabwiser LinTS", *run_mabwiser(LearningPolicy.LinTS(alpha=1.0), x[:slow * 2 + 1], table), 64, ts))
+    w, rows = "per-batch d=4096 K=4 B=1", 1
+    x, tab = make_stream(1 + fast, rows, 4096, 4)
+    res.append(summarise(w, ucb, None, rows, run_rmbandit(new_ucb(), x, tab)))
+    res.append(summarise(w, "MABWiser LinUCB", ucb, rows, run_mabwiser(mw_ucb(), x[:1 + slow], tab)))
+    res.append(summarise(w, "NumPy naive inverse", ucb, rows, run_naive_inverse(x[:1 + slow], tab)))
 
-    print(f"\n{'workload':36s} {'method':26s} {'select':>9s} {'update':>9s} {'total ms':>9s} {'/4096 pairs':>12s}  ratio")
-    for r in results:
+    w, rows = "per-item TS d=576 K=8 4096 pairs", 64
+    x, tab = make_stream(1 + ts_steps, rows, 576, 8)
+    res.append(summarise(w, ts, None, rows, run_rmbandit(new_ts(), x, tab)))
+    res.append(summarise(w, "MABWiser LinTS", ts, rows, run_mabwiser(mw_ts(), x[:1 + medium], tab)))
+
+    print(f"\n{'workload':33s} {'method':20s} {'steps':>5s} {'select':>9s} {'update':>9s} "
+          f"{'total ms':>9s} {'ms/4096 pairs':>13s}  ratio (total)")
+    for r in res:
         ratio = ""
-        if r["compare_to"]:
-            ours = next(o for o in results if o["workload"] == r["workload"] and o["method"] == r["compare_to"])
+        if r["baseline"]:
+            ours = next(o for o in res if o["workload"] == r["workload"] and o["method"] == r["baseline"])
             r["ratio_to_rmbandit"] = r["total_ms"] / ours["total_ms"]
-            ratio = f"{r['ratio_to_rmbandit']:.1f}x the time of {r['compare_to']}"
-        print(f"{r['workload']:36s} {r['method']:26s} {r['select_ms']:9.2f} {r['update_ms']:9.2f} "
-              f"{r['total_ms']:9.2f} {r['ms_per_4096_pairs']:12.1f}  {ratio}")
-    compile_line = ", ".join(f"{r['method']} {r['workload'].split()[0]} {r['compile_s']:.1f}s"
-                             for r in results if r["method"].startswith("rmbandit"))
-    print(f"\ncompile + warm-up (not in the timings): {compile_line}")
+            ratio = f"{r['method']} / {r['baseline']} = {r['ratio_to_rmbandit']:.1f}x"
+        pairs = f"{r['ms_per_4096_pairs']:13.1f}" if "ms_per_4096_pairs" in r else f"{'-':>13s}"
+        print(f"{r['workload']:33s} {r['method']:20s} {r['steps']:5d} {r['select_ms']:9.2f} "
+              f"{r['update_ms']:9.2f} {r['total_ms']:9.2f} {pairs}  {ratio}")
+    print("\nrmbandit first call (compile + one step, not in the timings above):")
+    for r in res:
+        if r["compile"]:
+            c = r["compile"]
+            print(f"  {r['workload']:33s} {r['method']:20s} select {c['select_first_call_s']:.2f} s, "
+                  f"update {c['update_first_call_s']:.2f} s")
+    ts_runs = [r for r in res if r["workload"].startswith("per-item TS") and r["steps"] * 64 == 4096]
+    if ts_runs:
+        print("per-item TS, summed over all 4096 pairs (not extrapolated):")
+    for r in ts_runs:
+        print(f"  {r['method']:20s} {r['sum_over_steps_ms']:.0f} ms")
+
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"versions": {"jax": jax.__version__, "mabwiser": version("mabwiser"),
-                                            "numpy": np.__version__}, "results": results}, indent=2))
+    out.write_text(json.dumps({"versions": versions, "quick": args.quick, "results": res}, indent=2))
     print(f"wrote {out}")
 
 
