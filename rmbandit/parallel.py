@@ -40,8 +40,20 @@ def param_specs(model, example_inputs, rules=LOGICAL_RULES):
     return nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
 
 
+def fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
+    """Replicate along any dimension the mesh axes do not divide (e.g. a vocabulary of 97)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else (axes or ())
+        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        fitted.append(axes if dim % size == 0 else None)
+    return PartitionSpec(*fitted)
+
+
 def param_shardings(model, mesh: Mesh, example_inputs, rules=LOGICAL_RULES):
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(model, example_inputs, rules),
+    shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs))["params"])
+    return jax.tree.map(lambda spec, leaf: NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh)),
+                        param_specs(model, example_inputs, rules), shapes,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 

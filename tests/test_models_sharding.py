@@ -48,3 +48,21 @@ def test_mesh_shape_errors():
         parallel.make_mesh(data=3, fsdp=2, tensor=2)
     with pytest.raises(ValueError, match="do not split"):
         parallel.make_mesh(fsdp=3)
+
+
+def test_load_places_each_tensor_on_its_sharding(tmp_path):
+    import pytest
+    pytest.importorskip("torch")
+    from rmbandit.models import load_pretrained
+    from tests.test_models_parity import _batch, _save_tiny
+    _save_tiny(tmp_path, "llama_gqa_llama3_rope")
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    model, sharded = load_pretrained(tmp_path, mesh=mesh)
+    _, plain = load_pretrained(tmp_path)
+    kernel = sharded["layers_0"]["self_attn"]["q_proj"]["kernel"]
+    assert kernel.sharding.spec == P("fsdp", "tensor")
+    assert kernel.addressable_shards[0].data.shape == (16, 16)        # [32, 32] split 2 x 2
+    assert sharded["lm_head"]["kernel"].sharding.spec == P("fsdp", None)   # 97 does not split: replicated
+    ids, mask = map(jnp.asarray, _batch())
+    np.testing.assert_allclose(jax.jit(lambda p: model.apply({"params": p}, ids, mask))(sharded),
+                               model.apply({"params": plain}, ids, mask), atol=1e-5)

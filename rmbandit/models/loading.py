@@ -14,6 +14,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from safetensors import safe_open
 
 from rmbandit.models.config import ModelConfig
@@ -57,8 +58,12 @@ def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
                             "pass an HF checkpoint directory saved with safetensors")
 
 
-def assemble_params(model, config: ModelConfig, tensors, source: str, dtype):
-    """(HF tensor name, array [HF layout]) pairs -> our params; every check in one place."""
+def assemble_params(model, config: ModelConfig, tensors, source: str, dtype, shardings=None):
+    """(HF tensor name, array [HF layout]) pairs -> our params; every check in one place.
+
+    With ``shardings`` (flat dict path -> Sharding) each tensor goes straight onto its
+    sharding as it is read: every device receives only its shard (multi-host included,
+    through ``make_array_from_callback``) and the host holds one tensor at a time."""
     expected = flax.traverse_util.flatten_dict(jax.eval_shape(
         lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])))
     flat = {}
@@ -74,7 +79,11 @@ def assemble_params(model, config: ModelConfig, tensors, source: str, dtype):
         if array.shape != expected[key].shape:
             raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
                              f"{expected[key].shape}; the config and the weights disagree")
-        flat[key] = jnp.asarray(array).astype(dtype)
+        if shardings is None:
+            flat[key] = jnp.asarray(array).astype(dtype)
+        else:
+            host = np.asarray(array).astype(jnp.dtype(dtype))
+            flat[key] = jax.make_array_from_callback(host.shape, shardings[key], lambda index: host[index])
     missing = [".".join(k) for k in expected if k not in flat]
     if missing:
         raise ValueError(f"checkpoint {source} lacks {len(missing)} tensors the model needs, e.g. {missing[:4]}")
@@ -88,8 +97,10 @@ def _safetensors_tensors(path: pathlib.Path):
                 yield name, f.get_tensor(name)
 
 
-def load_pretrained(path, dtype=jnp.float32):
-    """An HF checkpoint directory or a ``.gguf`` file -> (LlamaModel, params of ``dtype``)."""
+def load_pretrained(path, dtype=jnp.float32, mesh=None):
+    """An HF checkpoint directory or a ``.gguf`` file -> (LlamaModel, params of ``dtype``).
+
+    With a ``mesh`` the parameters are sharded by ``rmbandit.parallel``'s logical rules."""
     path = pathlib.Path(path)
     if path.suffix == ".gguf":
         from rmbandit.models import gguf_loading
@@ -97,4 +108,9 @@ def load_pretrained(path, dtype=jnp.float32):
     else:
         config, tensors = ModelConfig.from_pretrained(path), _safetensors_tensors(path)
     model = LlamaModel(config, dtype=dtype)
-    return model, assemble_params(model, config, tensors, str(path), dtype)
+    shardings = None
+    if mesh is not None:
+        from rmbandit import parallel
+        shardings = flax.traverse_util.flatten_dict(
+            parallel.param_shardings(model, mesh, (jnp.zeros((1, 1), jnp.int32),)))
+    return model, assemble_params(model, config, tensors, str(path), dtype, shardings)
