@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    _save_tiny(tmp_path / "hf", "qwen2_qkv_bias")
+@pytest.fixture(params=["qwen2_qkv_bias", "gemma2_softcap_alternating_window"])
+def tiny(tmp_path, request):
+    _save_tiny(tmp_path / "hf", request.param)
     return load_pretrained(tmp_path / "hf")
 
 

@@ -18,6 +18,9 @@ CASES = {
     "mistral_sliding_window": ("MistralConfig", dict(sliding_window=4)),
     "qwen2_qkv_bias": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "qwen3_qk_norm": ("Qwen3Config", dict(head_dim=16)),
+    "gemma2_softcap_alternating_window": ("Gemma2Config", dict(head_dim=8, sliding_window=4,
+                                                               attn_logit_softcapping=2.0,
+                                                               final_logit_softcapping=3.0)),
 }
 
 

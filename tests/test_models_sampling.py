@@ -12,7 +12,8 @@ from tests.test_models_parity import CASES, _batch, _save_tiny
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("name", ["llama_gqa_llama3_rope", "mistral_sliding_window", "qwen3_qk_norm"])
+@pytest.mark.parametrize("name", ["llama_gqa_llama3_rope", "mistral_sliding_window", "qwen3_qk_norm",
+                                  "gemma2_softcap_alternating_window"])
 def test_greedy_generation_is_token_identical_to_transformers(tmp_path, name):
     hf = _save_tiny(tmp_path, name)
     model, params = load_pretrained(tmp_path)

@@ -17,9 +17,10 @@ FAMILIES = {
     "mistral": {},
     "qwen2": {"attention_bias": True},
     "qwen3": {"qk_norm": True},
+    "gemma2": {"gemma": True},
 }
 SUPPORTED_ROPE = ("default", "llama3", "linear")
-SUPPORTED_ACT = ("silu",)
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,16 @@ class ModelConfig:
     attention_bias: bool = False
     qk_norm: bool = False
     sliding_window: int | None = None      # every layer (Mistral); None = full attention
+    layer_windows: tuple | None = None     # per-layer window (Gemma 2 alternates); overrides sliding_window
+    activation: str = "silu"               # "silu" or "gelu_tanh"
+    # Gemma 2: RMSNorm scales by (1 + w), embeddings times sqrt(d), norms around attention and
+    # MLP, soft-capped attention and final logits, queries scaled by query_pre_attn_scalar^-1/2
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    sandwich_norms: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    query_scale: float | None = None
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -52,9 +63,11 @@ class ModelConfig:
         if model_type not in FAMILIES:
             raise ValueError(f"unsupported model_type {model_type!r}; rmbandit.models implements "
                              f"{', '.join(sorted(FAMILIES))}")
-        act = raw.get("hidden_act", "silu")
-        if act not in SUPPORTED_ACT:
-            raise ValueError(f"unsupported hidden_act {act!r} for {model_type}; supported: {SUPPORTED_ACT}")
+        act = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {act!r} for {model_type}; supported: {sorted(ACTIVATIONS)}")
+        if raw.get("use_bidirectional_attention"):
+            raise ValueError(f"use_bidirectional_attention=True is not supported for {model_type}")
         if raw.get("mlp_bias"):
             raise ValueError(f"mlp_bias=True is not supported for {model_type}")
         rope = dict(raw.get("rope_parameters") or {})
@@ -71,6 +84,12 @@ class ModelConfig:
         elif raw.get("use_sliding_window") and raw.get("sliding_window"):
             raise ValueError(f"use_sliding_window=True is not supported for {model_type}")
         family = FAMILIES[model_type]
+        gemma = family.get("gemma", False)
+        layer_windows = None
+        if gemma:
+            types = raw.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention"
+                                               for i in range(raw["num_hidden_layers"])]
+            layer_windows = tuple(raw.get("sliding_window") if t == "sliding_attention" else None for t in types)
         return cls(
             model_type=model_type,
             vocab_size=raw["vocab_size"],
@@ -90,7 +109,15 @@ class ModelConfig:
             attention_bias=raw.get("attention_bias", family.get("attention_bias", False)),
             qk_norm=family.get("qk_norm", False),
             sliding_window=window,
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            layer_windows=layer_windows,
+            activation=ACTIVATIONS[act],
+            norm_offset=1.0 if gemma else 0.0,
+            embed_scale=gemma,
+            sandwich_norms=gemma,
+            attn_softcap=raw.get("attn_logit_softcapping") if gemma else None,
+            final_softcap=raw.get("final_logit_softcapping") if gemma else None,
+            query_scale=raw.get("query_pre_attn_scalar", 256) ** -0.5 if gemma else None,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", gemma)),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=tuple(raw["eos_token_id"]) if isinstance(raw.get("eos_token_id"), list)
             else raw.get("eos_token_id"),

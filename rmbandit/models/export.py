@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from rmbandit.models.config import ModelConfig
 
 _HF_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-             "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+             "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM"}
 
 
 def hf_config_dict(config: ModelConfig) -> dict:
@@ -35,6 +35,13 @@ def hf_config_dict(config: ModelConfig) -> dict:
     }
     if config.model_type == "mistral":
         out["sliding_window"] = config.sliding_window
+    if config.model_type == "gemma2":
+        windows = [w for w in config.layer_windows if w is not None]
+        out.update(hidden_activation="gelu_pytorch_tanh", sliding_window=windows[0] if windows else None,
+                   layer_types=["sliding_attention" if w else "full_attention" for w in config.layer_windows],
+                   attn_logit_softcapping=config.attn_softcap, final_logit_softcapping=config.final_softcap,
+                   query_pre_attn_scalar=round(config.query_scale ** -2))
+        del out["hidden_act"]
     return out
 
 

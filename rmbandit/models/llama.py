@@ -1,5 +1,7 @@
 """Decoder for the Llama family: Llama 3/3.1/3.2 (incl. ``llama3`` RoPE scaling), SmolLM2,
-Mistral (sliding window), Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm per head).
+Mistral (sliding window), Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm per head) and Gemma 2
+(the same skeleton with (1 + w) norms, norms around attention and MLP, GELU-tanh,
+soft-capping and alternating sliding windows, each switched on by ``ModelConfig``).
 
 One readable module in the spirit of the gemma / MaxText model files: pre-norm blocks,
 grouped-query attention, SwiGLU MLP, RMSNorm.  Parameters carry logical axis names
@@ -8,6 +10,7 @@ grouped-query attention, SwiGLU MLP, RMSNorm.  Parameters carry logical axis nam
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -28,14 +31,21 @@ def _dense(features, names, use_bias=False, name=None, dtype=jnp.float32):
 class RMSNorm(nn.Module):
     eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    offset: float = 0.0            # Gemma stores w and scales by (1 + w)
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (x.shape[-1],), self.dtype)
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param("scale", nn.with_logical_partitioning(init, ("norm",)), (x.shape[-1],), self.dtype)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:            # Gemma multiplies in float32, Llama after the cast
+            return (x32 * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
         return (x32.astype(self.dtype) * scale).astype(x.dtype)
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 def rope_frequencies(config: ModelConfig) -> Array:
@@ -90,15 +100,16 @@ class Attention(nn.Module):
         v = _dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "v_proj", self.dtype)(x)
         q, k, v = q.reshape(b, t, heads, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
         if cfg.qk_norm:
-            q = RMSNorm(cfg.rms_norm_eps, self.dtype, name="q_norm")(q)
-            k = RMSNorm(cfg.rms_norm_eps, self.dtype, name="k_norm")(k)
+            q = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="k_norm")(k)
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
         q = q.reshape(b, t, kv, heads // kv, hd)                      # group query heads per kv head
-        logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / math.sqrt(hd)
+        scale = cfg.query_scale if cfg.query_scale is not None else 1.0 / math.sqrt(hd)
+        logits = softcap(jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) * scale, cfg.attn_softcap)
         logits = logits + bias[:, :, None]
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, heads * hd)
@@ -114,7 +125,8 @@ class MLP(nn.Module):
         cfg = self.config
         gate = _dense(cfg.intermediate_size, ("embed", "mlp"), False, "gate_proj", self.dtype)(x)
         up = _dense(cfg.intermediate_size, ("embed", "mlp"), False, "up_proj", self.dtype)(x)
-        return _dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(nn.silu(gate) * up)
+        act = nn.silu if cfg.activation == "silu" else partial(nn.gelu, approximate=True)
+        return _dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(act(gate) * up)
 
 
 class Block(nn.Module):
@@ -124,11 +136,17 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, bias, cache=None, index=None):
         cfg = self.config
-        h, kv = Attention(cfg, self.dtype, name="self_attn")(
-            RMSNorm(cfg.rms_norm_eps, self.dtype, name="input_layernorm")(x), positions, bias, cache, index)
+
+        def norm(name):            # names are the HF checkpoints' (Llama's pre-MLP norm is
+            return RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name=name)  # "post_attention")
+
+        h, kv = Attention(cfg, self.dtype, name="self_attn")(norm("input_layernorm")(x), positions, bias, cache, index)
+        if cfg.sandwich_norms:
+            x = x + norm("post_attention_layernorm")(h)
+            return x + norm("post_feedforward_layernorm")(
+                MLP(cfg, self.dtype, name="mlp")(norm("pre_feedforward_layernorm")(x))), kv
         x = x + h
-        return x + MLP(cfg, self.dtype, name="mlp")(
-            RMSNorm(cfg.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)), kv
+        return x + MLP(cfg, self.dtype, name="mlp")(norm("post_attention_layernorm")(x)), kv
 
 
 class KVCache(NamedTuple):
@@ -181,27 +199,31 @@ class LlamaModel(nn.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.mask, valid, (0, cache.index))
             query_index = jnp.broadcast_to(cache.index + jnp.arange(t), input_ids.shape)
             key_index = jnp.broadcast_to(jnp.arange(key_valid.shape[1]), key_valid.shape)
-        bias = attention_bias(query_index, key_index, key_valid, cfg.sliding_window)
+        windows = cfg.layer_windows or (cfg.sliding_window,) * cfg.num_layers
+        biases = {w: attention_bias(query_index, key_index, key_valid, w) for w in set(windows)}
         embed = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                        ("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), self.dtype)
         x = embed[input_ids]
+        if cfg.embed_scale:
+            x = x * jnp.asarray(cfg.hidden_size ** 0.5, self.dtype)
         cache_k, cache_v = [], []
         for i in range(cfg.num_layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x, (k, v) = Block(cfg, self.dtype, name=f"layers_{i}")(
-                x, positions, bias, layer_cache, None if cache is None else cache.index)
+                x, positions, biases[windows[i]], layer_cache, None if cache is None else cache.index)
             cache_k.append(k)
             cache_v.append(v)
-        x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
+        x = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="norm")(x)
         if last_only:              # prefill for sampling: the vocabulary projection of one position
             x = x[:, -1:]
         if return_hidden:
             out = x
         elif cfg.tie_word_embeddings:
-            out = jnp.einsum("btd,vd->btv", x, embed).astype(jnp.float32)
+            out = softcap(jnp.einsum("btd,vd->btv", x, embed).astype(jnp.float32), cfg.final_softcap)
         else:
-            out = _dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x).astype(jnp.float32)
+            out = softcap(_dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x)
+                          .astype(jnp.float32), cfg.final_softcap)
         if cache is None:
             return out
         return out, KVCache(tuple(cache_k), tuple(cache_v), key_valid, cache.index + t,
