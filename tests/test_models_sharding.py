@@ -66,3 +66,23 @@ def test_load_places_each_tensor_on_its_sharding(tmp_path):
     ids, mask = map(jnp.asarray, _batch())
     np.testing.assert_allclose(jax.jit(lambda p: model.apply({"params": p}, ids, mask))(sharded),
                                model.apply({"params": plain}, ids, mask), atol=1e-5)
+
+
+def test_sharded_sampling_equals_single_device(tmp_path):
+    import pytest
+    pytest.importorskip("torch")
+    from rmbandit.models import load_pretrained
+    from rmbandit.models.sampling import generate
+    from tests.test_models_parity import _batch, _save_tiny
+    _save_tiny(tmp_path, "qwen3_qk_norm")
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    model, sharded = load_pretrained(tmp_path, mesh=mesh)
+    _, plain = load_pretrained(tmp_path)
+    ids, mask = _batch(seed=2, b=4, t=8)
+    batch = parallel.batch_sharding(mesh)
+    kwargs = dict(max_new_tokens=6, num_samples=2, temperature=0.9)
+    want = generate(model, plain, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), **kwargs)
+    got = generate(model, sharded, jax.device_put(jnp.asarray(ids), batch), jax.device_put(jnp.asarray(mask), batch),
+                   jax.random.key(0), **kwargs)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
