@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rmbandit.models.llama import init_cache
+
 Array = jax.Array
 
 
@@ -49,3 +51,29 @@ def prompt_embeddings(model, params, input_ids: Array, attention_mask: Array, po
     if pooling == "mean":
         return (hidden * mask[..., None]).sum(1) / jnp.maximum(mask.sum(1, keepdims=True), 1.0)
     raise ValueError(f"pooling must be 'last', 'first' or 'mean', got {pooling!r}")
+
+
+def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array, response_ids: Array,
+                           response_mask: Array) -> LogProbs:
+    """Log-probs of k responses per prompt, running each prompt once.
+
+    prompt_ids [N, P] left-padded; response_ids [k, N, R] right-padded (k = 2: chosen and
+    rejected).  The prompt fills a KV cache (only its last position is projected onto the
+    vocabulary: it predicts the first response token), the cache is copied for the k
+    responses, and the responses attend to it: N P + k N R token positions instead of
+    k N (P + R), and vocabulary logits only where a response token is predicted.
+    Differentiable end to end (the DPO step takes gradients through it).
+    Returns LogProbs with a leading [k * N] axis (response-major).
+    """
+    k, n, r = response_ids.shape
+    cache = init_cache(model.config, n, prompt_ids.shape[1] + r, model.dtype)
+    first_logits, cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=cache, last_only=True)
+    cache = jax.tree.map(lambda x: jnp.concatenate([x] * k, axis=0) if x.ndim else x, cache)
+    ids, mask = response_ids.reshape(k * n, r), response_mask.reshape(k * n, r)
+    logits, _ = model.apply({"params": params}, ids, mask, cache=cache)
+    logits = jnp.concatenate([jnp.concatenate([first_logits] * k, axis=0), logits[:, :-1]], axis=1)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    per_token = jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0] * mask
+    length = mask.sum(-1).astype(jnp.float32)
+    total = per_token.sum(-1)
+    return LogProbs(per_token, total, total / jnp.maximum(length, 1.0), length)
