@@ -1,6 +1,5 @@
 """Reward transforms, add_arm, priors, cold start, forgetting and costs."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

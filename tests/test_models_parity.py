@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rmbandit.models import ModelConfig, load_pretrained  # noqa: E402
+from rmbandit.models import Gemma2Model, LlamaModel, ModelConfig, load_pretrained  # noqa: E402
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2)
@@ -51,6 +51,7 @@ def _batch(seed=0, b=3, t=11, vocab=97):
 def test_float32_logits_match_transformers(tmp_path, name):
     hf = _save_tiny(tmp_path, name)
     model, params = load_pretrained(tmp_path, dtype=jnp.float32)
+    assert type(model) is (Gemma2Model if name.startswith("gemma2") else LlamaModel)
     ids, mask = _batch()
     ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
     positions = np.maximum(np.cumsum(mask, -1) - 1, 0)

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from rmbandit.models import load_pretrained
-from rmbandit.models.llama import init_cache
 from rmbandit.models.sampling import bucket, filter_logits, generate
-from tests.test_models_parity import CASES, _batch, _save_tiny
+from tests.test_models_parity import _batch, _save_tiny
 
 torch = pytest.importorskip("torch")
 

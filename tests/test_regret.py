@@ -92,7 +92,7 @@ def test_exp3_no_worse_than_random_on_adversarial_rewards():
     """An oblivious adversary: arm 0 pays 0.6 always; arms 1 and 2 alternate blocks of 1
     and 0 (mean 0.5), so following recent rewards is a trap.  Regret is against the best
     fixed arm in hindsight, averaged over seeds."""
-    t, k = 1500, 3
+    t = 1500
     block = (np.arange(t) // 50) % 2
     table = np.stack([np.full(t, 0.6), block, 1 - block], axis=-1).astype(np.float32)
     x = np.zeros((t, 1, 1), np.float32)

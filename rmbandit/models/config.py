@@ -45,11 +45,10 @@ class ModelConfig:
     sliding_window: int | None = None      # every layer (Mistral); None = full attention
     layer_windows: tuple | None = None     # per-layer window (Gemma 2 alternates); overrides sliding_window
     activation: str = "silu"               # "silu" or "gelu_tanh"
-    # Gemma 2: RMSNorm scales by (1 + w), embeddings times sqrt(d), norms around attention and
-    # MLP, soft-capped attention and final logits, queries scaled by query_pre_attn_scalar^-1/2
+    # Gemma 2 (its block is in gemma2.py): RMSNorm scales by (1 + w), embeddings times sqrt(d),
+    # soft-capped attention and final logits, queries scaled by query_pre_attn_scalar^-1/2
     norm_offset: float = 0.0
     embed_scale: bool = False
-    sandwich_norms: bool = False
     attn_softcap: float | None = None
     final_softcap: float | None = None
     query_scale: float | None = None
@@ -113,7 +112,6 @@ class ModelConfig:
             activation=ACTIVATIONS[act],
             norm_offset=1.0 if gemma else 0.0,
             embed_scale=gemma,
-            sandwich_norms=gemma,
             attn_softcap=raw.get("attn_logit_softcapping") if gemma else None,
             final_softcap=raw.get("final_logit_softcapping") if gemma else None,
             query_scale=raw.get("query_pre_attn_scalar", 256) ** -0.5 if gemma else None,

@@ -18,7 +18,7 @@ import numpy as np
 from safetensors import safe_open
 
 from rmbandit.models.config import ModelConfig
-from rmbandit.models.llama import LlamaModel
+from rmbandit.models.registry import decoder_for
 
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
@@ -98,7 +98,7 @@ def _safetensors_tensors(path: pathlib.Path):
 
 
 def load_pretrained(path, dtype=jnp.float32, mesh=None):
-    """An HF checkpoint directory or a ``.gguf`` file -> (LlamaModel, params of ``dtype``).
+    """An HF checkpoint directory or a ``.gguf`` file -> (decoder module, params of ``dtype``).
 
     With a ``mesh`` the parameters are sharded by ``rmbandit.parallel``'s logical rules."""
     path = pathlib.Path(path)
@@ -107,7 +107,7 @@ def load_pretrained(path, dtype=jnp.float32, mesh=None):
         config, tensors = gguf_loading.read_gguf(path)
     else:
         config, tensors = ModelConfig.from_pretrained(path), _safetensors_tensors(path)
-    model = LlamaModel(config, dtype=dtype)
+    model = decoder_for(config, dtype)
     shardings = None
     if mesh is not None:
         from rmbandit import parallel

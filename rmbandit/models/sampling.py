@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rmbandit.models.llama import init_cache
+from rmbandit.models.layers import init_cache
 
 Array = jax.Array
 

@@ -1,0 +1,144 @@
+"""Pieces every decoder family shares: RMSNorm (with Gemma's (1 + w) variant), RoPE
+(incl. ``llama3`` / ``linear`` scaling), the causal / padding / sliding-window mask,
+grouped-query attention with an optional KV cache and soft-capping, the gated MLP, and the
+decode cache.  Parameters carry logical axis names (``rmbandit.parallel`` maps them to mesh
+axes); Dense kernels are [in, out] and keep the HF checkpoints' names.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rmbandit.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def dense(features, names, use_bias=False, name=None, dtype=jnp.float32):
+    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=dtype,
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    offset: float = 0.0            # Gemma stores w and scales by (1 + w)
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param("scale", nn.with_logical_partitioning(init, ("norm",)), (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:            # Gemma multiplies in float32, Llama after the cast
+            return (x32 * (self.offset + scale.astype(jnp.float32))).astype(x.dtype)
+        return (x32.astype(self.dtype) * scale).astype(x.dtype)
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def rope_frequencies(config: ModelConfig) -> Array:
+    """Inverse frequencies [head_dim / 2], with the ``llama3`` / ``linear`` scalings."""
+    d = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if config.rope_type == "linear":
+        return inv / config.rope_factor
+    if config.rope_type == "llama3":
+        old = config.rope_original_max_positions
+        low_wavelen = old / config.rope_low_freq_factor
+        high_wavelen = old / config.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > low_wavelen, inv / config.rope_factor, inv)
+        smooth = (old / wavelen - config.rope_low_freq_factor) / (
+            config.rope_high_freq_factor - config.rope_low_freq_factor)
+        smoothed = (1 - smooth) * scaled / config.rope_factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+    return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """x [B, T, H, D], positions [B, T]; the rotate-half convention of the HF checkpoints."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq          # [B, T, D/2]
+    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention_bias(query_pos: Array, key_pos: Array, key_valid: Array, window: int | None) -> Array:
+    """Additive mask [B, 1, Tq, Tk]: causal, padding and optional sliding window."""
+    allowed = (key_pos[:, None, :] <= query_pos[:, :, None]) & key_valid[:, None, :]
+    if window is not None:
+        allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None]
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, bias, cache=None, index=None):
+        """With ``cache`` = (k, v) [B, S, KV, D], this step's keys and values are written at
+        ``index`` and the queries attend over all S slots (``bias`` masks the empty ones)."""
+        cfg = self.config
+        b, t, _ = x.shape
+        heads, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = dense(heads * hd, ("embed", "q_heads"), cfg.attention_bias, "q_proj", self.dtype)(x)
+        k = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "k_proj", self.dtype)(x)
+        v = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "v_proj", self.dtype)(x)
+        q, k, v = q.reshape(b, t, heads, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="k_norm")(k)
+        inv_freq = rope_frequencies(cfg)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+        q = q.reshape(b, t, kv, heads // kv, hd)                      # group query heads per kv head
+        scale = cfg.query_scale if cfg.query_scale is not None else 1.0 / math.sqrt(hd)
+        logits = softcap(jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) * scale, cfg.attn_softcap)
+        logits = logits + bias[:, :, None]
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, heads * hd)
+        return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out), (k, v)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), False, "gate_proj", self.dtype)(x)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), False, "up_proj", self.dtype)(x)
+        act = nn.silu if cfg.activation == "silu" else partial(nn.gelu, approximate=True)
+        return dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(act(gate) * up)
+
+
+class KVCache(NamedTuple):
+    """Decode state: keys/values of every layer, which slots hold real tokens, the next
+    slot to write and each row's next RoPE position."""
+    k: tuple               # L arrays [B, S, KV, D]: one buffer per layer, so a decode step
+    v: tuple               # writes its token in place instead of copying a stacked cache
+    mask: Array            # [B, S] bool
+    index: Array           # int32: next slot
+    positions: Array       # [B] int32
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    layers = range(config.num_layers)
+    return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers),
+                   jnp.zeros((batch, length), bool),
+                   jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
