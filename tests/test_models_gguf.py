@@ -63,3 +63,86 @@ def test_gguf_errors(tmp_path):
         load_pretrained(tmp_path / "missing.gguf")
     assert gguf_loading.hf_name("blk.3.attn_output.weight") == "model.layers.3.self_attn.o_proj.weight"
     assert gguf_loading.hf_name("blk.3.mystery.weight") is None
+
+
+def _write_tiny_gguf(path, hf_model, types, extra_tensor=None):
+    """A llama-architecture GGUF of ``hf_model`` as llama.cpp's converter lays it out (q/k
+    rows permuted, names mapped), each tensor quantised to ``types[HF-name suffix]``.
+    Returns {HF name: the dequantised float32 weight} — what a loader must reproduce."""
+    import gguf
+    from gguf import quants
+
+    cfg = hf_model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(64)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(cfg.vocab_size)
+    to_gguf = {hf: g for g, hf in gguf_loading._NAMES.items()}
+    to_gguf.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{g}.weight"
+                    for i in range(cfg.num_hidden_layers) for g, hf in gguf_loading._BLOCK.items()})
+    expected = {}
+    for name, tensor in hf_model.state_dict().items():
+        weight = tensor.numpy().astype(np.float32)
+        heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+        layout = weight
+        for proj, h in heads.items():
+            if f".{proj}." in name:        # llama.cpp's interleaved-RoPE row order
+                layout = weight.reshape(h, 2, -1, weight.shape[-1]).swapaxes(1, 2).reshape(weight.shape)
+        qtype = next((t for suffix, t in types.items() if suffix in name), gguf.GGMLQuantizationType.F32)
+        data = layout if qtype == gguf.GGMLQuantizationType.F32 else quants.quantize(layout, qtype)
+        writer.add_tensor(to_gguf[name], data, raw_dtype=qtype)      # the shape is read off the bytes
+        back = quants.dequantize(data, qtype).reshape(layout.shape) if qtype != gguf.GGMLQuantizationType.F32 else layout
+        expected[name] = gguf_loading.unpermute_rope_rows(back, heads["q_proj" if ".q_proj." in name else "k_proj"]) \
+            if (".q_proj." in name or ".k_proj." in name) else back
+    if extra_tensor is not None:
+        writer.add_tensor(*extra_tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+def test_every_writable_quant_type_loads_to_the_dequantised_weights(tmp_path):
+    """Q8_0 / Q4_0 / Q4_1 / BF16 / F16 / F32 tensors (the types gguf-py can write; Q4_K and
+    Q6_K are read in the real SmolLM2 file above) through metadata -> config, name mapping
+    and the q/k row un-permutation: logits equal transformers' on the same dequantised weights."""
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False)).eval()
+    types = {"q_proj": q.Q8_0, "k_proj": q.Q4_0, "v_proj": q.Q4_1, "o_proj": q.BF16, "mlp": q.F16,
+             "embed_tokens": q.Q8_0, "lm_head": q.Q4_1}
+    expected = _write_tiny_gguf(tmp_path / "tiny.gguf", hf, types)
+    hf.load_state_dict({k: torch.tensor(v) for k, v in expected.items()})
+    model, params = load_pretrained(tmp_path / "tiny.gguf")
+    assert (model.config.num_heads, model.config.num_kv_heads, model.config.vocab_size) == (4, 2, 96)
+    ids = np.random.default_rng(0).integers(0, 96, size=(2, 9))
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids)))
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)
+
+
+def test_unsupported_quant_type_is_a_clear_error(tmp_path):
+    import gguf
+
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2)).eval()
+    q8_1 = gguf.GGMLQuantizationType.Q8_1          # llama.cpp's activation type: no dequantiser
+    block, size = gguf.GGML_QUANT_SIZES[q8_1]
+    raw = np.zeros((4, 64 // block * size), np.uint8)
+    _write_tiny_gguf(tmp_path / "odd.gguf", hf, {}, extra_tensor=("blk.0.attn_q_norm.weight", raw, None, q8_1))
+    with pytest.raises(ValueError, match="quantisation Q8_1.*re-quantise"):
+        load_pretrained(tmp_path / "odd.gguf")
