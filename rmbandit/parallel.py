@@ -4,6 +4,8 @@ logically (``embed``, ``mlp``, ``q_heads``, ...); one table maps them to mesh ax
 The mesh is always passed in, never global."""
 from __future__ import annotations
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -18,7 +20,24 @@ LOGICAL_RULES = (
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("norm", None),
+    # activations (constrained only inside ``use_mesh``): batch over data x fsdp, as the inputs
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
 )
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=LOGICAL_RULES):
+    """Inside, the models' activation constraints (``nn.with_logical_constraint``) take
+    effect under ``jax.jit``: their logical names map through ``rules`` onto ``mesh``.
+    Outside, the constraints are no-ops, so single-device code needs no mesh."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield mesh
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
@@ -32,6 +51,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     if data * fsdp * tensor != devices.size:
         raise ValueError(f"mesh {data}x{fsdp}x{tensor} needs {data * fsdp * tensor} devices, have {devices.size}")
     return Mesh(devices.reshape(data, fsdp, tensor), MESH_AXES)
+
+
+def abstract_params(model, example_inputs):
+    """Parameter shapes/dtypes (ShapeDtypeStructs), unboxed by ``.value``: ``nn.unbox``
+    inside ``use_mesh`` would apply sharding constraints to them."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs))["params"]
+    return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, boxed,
+                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def param_specs(model, example_inputs, rules=LOGICAL_RULES):
@@ -51,7 +78,7 @@ def fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
 
 
 def param_shardings(model, mesh: Mesh, example_inputs, rules=LOGICAL_RULES):
-    shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs))["params"])
+    shapes = abstract_params(model, example_inputs)
     return jax.tree.map(lambda spec, leaf: NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh)),
                         param_specs(model, example_inputs, rules), shapes,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -42,6 +42,30 @@ def test_sharded_forward_equals_single_device():
     assert len(got.sharding.device_set) == 8
 
 
+def test_activation_constraints_apply_inside_use_mesh():
+    """Outside ``use_mesh`` the activation constraints are no-ops; inside, the compiled
+    forward keeps the MLP hidden states split over ``tensor`` and the result is unchanged."""
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    model = LlamaModel(CONFIG)
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 64, size=(4, 8)), jnp.int32)
+    mask = jnp.ones_like(ids).at[2, :2].set(0)
+    params = nn.unbox(model.init(jax.random.key(0), ids[:1])["params"])
+    want = model.apply({"params": params}, ids, mask)
+    forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))
+    assert "sharding_constraint" not in forward.lower(params, ids, mask).as_text()
+    with parallel.use_mesh(mesh):
+        sharded = jax.device_put(params, parallel.param_shardings(model, mesh, (ids[:1],)))
+        batch = parallel.batch_sharding(mesh)
+        lowered = forward.lower(sharded, jax.device_put(ids, batch), jax.device_put(mask, batch))
+        text = lowered.as_text()
+        # one constraint per q/k/v, MLP hidden and residual per layer, plus embeddings and logits
+        assert text.count("sharding_constraint") >= CONFIG.num_layers * 5 + 2
+        assert '{devices=[4,1,2]' in text or "tensor" in text
+        got = lowered.compile()(sharded, jax.device_put(ids, batch), jax.device_put(mask, batch))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert got.sharding.spec[0] == ("data", "fsdp")
+
+
 def test_mesh_shape_errors():
     import pytest
     with pytest.raises(ValueError, match="needs 12 devices, have 8"):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from rmbandit.models.config import ModelConfig
 
 Array = jax.Array
+RESIDUAL = ("activation_batch", "activation_length", "activation_embed")     # logical axes of [B, T, D]
 
 
 def dense(features, names, use_bias=False, name=None, dtype=jnp.float32):
@@ -96,6 +97,9 @@ class Attention(nn.Module):
         k = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "k_proj", self.dtype)(x)
         v = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "v_proj", self.dtype)(x)
         q, k, v = q.reshape(b, t, heads, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
+        q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
+        k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
+        v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="k_norm")(k)
@@ -123,7 +127,8 @@ class MLP(nn.Module):
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), False, "gate_proj", self.dtype)(x)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), False, "up_proj", self.dtype)(x)
         act = nn.silu if cfg.activation == "silu" else partial(nn.gelu, approximate=True)
-        return dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(act(gate) * up)
+        hidden = nn.with_logical_constraint(act(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        return dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(hidden)
 
 
 class KVCache(NamedTuple):

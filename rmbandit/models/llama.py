@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.config import ModelConfig
-from rmbandit.models.layers import MLP, Attention, KVCache, RMSNorm, attention_bias, dense, softcap
+from rmbandit.models.layers import MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense, softcap
 
 
 class LlamaBlock(nn.Module):
@@ -71,7 +71,7 @@ class LlamaModel(nn.Module):
         embed = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                        ("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), self.dtype)
-        x = embed[input_ids]
+        x = nn.with_logical_constraint(embed[input_ids], RESIDUAL)
         if cfg.embed_scale:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, self.dtype)
         cache_k, cache_v = [], []
@@ -79,6 +79,7 @@ class LlamaModel(nn.Module):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x, (k, v) = self.block_class(cfg, self.dtype, name=f"layers_{i}")(
                 x, positions, biases[windows[i]], layer_cache, None if cache is None else cache.index)
+            x = nn.with_logical_constraint(x, RESIDUAL)
             cache_k.append(k)
             cache_v.append(v)
         x = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="norm")(x)
@@ -91,6 +92,8 @@ class LlamaModel(nn.Module):
         else:
             out = softcap(dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x)
                           .astype(jnp.float32), cfg.final_softcap)
+        out = nn.with_logical_constraint(out, RESIDUAL if return_hidden else
+                                         ("activation_batch", "activation_length", "activation_vocab"))
         if cache is None:
             return out
         return out, KVCache(tuple(cache_k), tuple(cache_v), key_valid, cache.index + t,

@@ -11,7 +11,6 @@ import pathlib
 import re
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,7 @@ from safetensors import safe_open
 
 from rmbandit.models.config import ModelConfig
 from rmbandit.models.registry import decoder_for
+from rmbandit.parallel import abstract_params
 
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
@@ -64,8 +64,7 @@ def assemble_params(model, config: ModelConfig, tensors, source: str, dtype, sha
     With ``shardings`` (flat dict path -> Sharding) each tensor goes straight onto its
     sharding as it is read: every device receives only its shard (multi-host included,
     through ``make_array_from_callback``) and the host holds one tensor at a time."""
-    expected = flax.traverse_util.flatten_dict(jax.eval_shape(
-        lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])))
+    expected = flax.traverse_util.flatten_dict(abstract_params(model, (jnp.zeros((1, 1), jnp.int32),)))
     flat = {}
     for name, array in tensors:
         if IGNORED.match(name):
