@@ -20,6 +20,7 @@ LOGICAL_RULES = (
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("norm", None),
+    ("labels", None),
     # activations (constrained only inside ``use_mesh``): batch over data x fsdp, as the inputs
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),

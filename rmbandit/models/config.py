@@ -55,6 +55,10 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
+    # *ForSequenceClassification checkpoints (reward models): a ``score`` head of this many
+    # outputs replaces the vocabulary projection
+    num_labels: int | None = None
+    pad_token_id: int | None = None
 
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
@@ -83,6 +87,13 @@ class ModelConfig:
         elif raw.get("use_sliding_window") and raw.get("sliding_window"):
             raise ValueError(f"use_sliding_window=True is not supported for {model_type}")
         family = FAMILIES[model_type]
+        num_labels = None
+        architectures = raw.get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            num_labels = len(raw["id2label"]) if raw.get("id2label") else raw.get("num_labels", 2)
+        elif architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+            raise ValueError(f"unsupported architecture {architectures[0]!r}; rmbandit.models loads "
+                             "*ForCausalLM and *ForSequenceClassification checkpoints")
         gemma = family.get("gemma", False)
         layer_windows = None
         if gemma:
@@ -119,6 +130,8 @@ class ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=tuple(raw["eos_token_id"]) if isinstance(raw.get("eos_token_id"), list)
             else raw.get("eos_token_id"),
+            num_labels=num_labels,
+            pad_token_id=raw.get("pad_token_id"),
         )
 
     @classmethod

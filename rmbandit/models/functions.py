@@ -77,3 +77,11 @@ def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array,
     length = mask.sum(-1).astype(jnp.float32)
     total = per_token.sum(-1)
     return LogProbs(per_token, total, total / jnp.maximum(length, 1.0), length)
+
+
+def classifier_scores(model, params, input_ids: Array, attention_mask: Array) -> Array:
+    """A sequence-classifier RM's outputs [B, num_labels] at each row's last real token
+    (left or right padding), as HF ``*ForSequenceClassification`` pools."""
+    scores = model.apply({"params": params}, input_ids, attention_mask)          # [B, T, L]
+    last = attention_mask.shape[1] - 1 - jnp.argmax(attention_mask[:, ::-1], axis=-1)
+    return jnp.take_along_axis(scores, last[:, None, None], axis=1)[:, 0]

@@ -87,13 +87,15 @@ class LlamaModel(nn.Module):
             x = x[:, -1:]
         if return_hidden:
             out = x
+        elif cfg.num_labels:       # sequence-classifier RM: per-position scores [B, T, num_labels]
+            out = dense(cfg.num_labels, ("embed", "labels"), False, "score", self.dtype)(x).astype(jnp.float32)
         elif cfg.tie_word_embeddings:
             out = softcap(jnp.einsum("btd,vd->btv", x, embed).astype(jnp.float32), cfg.final_softcap)
         else:
             out = softcap(dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype)(x)
                           .astype(jnp.float32), cfg.final_softcap)
-        out = nn.with_logical_constraint(out, RESIDUAL if return_hidden else
-                                         ("activation_batch", "activation_length", "activation_vocab"))
+        out = nn.with_logical_constraint(out, RESIDUAL if return_hidden else (
+            "activation_batch", "activation_length", None if cfg.num_labels else "activation_vocab"))
         if cache is None:
             return out
         return out, KVCache(tuple(cache_k), tuple(cache_v), key_valid, cache.index + t,

@@ -32,6 +32,8 @@ def hf_to_flax_path(name: str) -> tuple[tuple[str, ...], bool] | None:
         return ("norm", "scale"), False
     if name == "lm_head.weight":
         return ("lm_head", "kernel"), True
+    if name == "score.weight":          # *ForSequenceClassification head
+        return ("score", "kernel"), True
     match = _LAYER.match(name)
     if not match:
         return None

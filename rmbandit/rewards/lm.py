@@ -1,0 +1,187 @@
+"""RMs built on our Flax decoders (any family ``load_pretrained`` reads, HF dir or GGUF):
+
+- ``sequence_classifier``: HF ``*ForSequenceClassification`` checkpoints (Skywork-Reward,
+  GRM, Mistral-RM style): backbone + ``score`` head at the last real token of the chat;
+- ``implicit_dpo``: beta * (log pi(y|x) - log pi_ref(y|x)), how LASeR uses Zephyr /
+  Qwen-Chat / Eurus through RewardBench; ``log_likelihood``: the reference-free variant,
+  log pi(y|x) / |y|;
+- ``judge``: a chat LM prompted with a rubric.  Pointwise: log P("Yes") - log P("No") for
+  the next token; pairwise: P("A") vs P("B") (renormalised over the two), averaged over
+  both orders to cancel position bias.
+
+Every forward is jitted once per bucketed length; with ``mesh`` the weights load straight
+onto their shardings and each batch is split over ``data`` x ``fsdp``.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmbandit import parallel
+from rmbandit.models import load_pretrained, load_tokenizer
+from rmbandit.models.functions import classifier_scores, sequence_logprobs
+from rmbandit.models.tokenizer import chat_prompt, check_tokenizer, encode_prompt_response
+from rmbandit.rewards.base import RewardModel
+
+PAIRWISE_RUBRIC = ("You are a strict grader. Compare two responses to the question and pick the better one: "
+                   "the one that is correct and follows every instruction.\n\nQuestion: {prompt}\n\n"
+                   "Response A: {a}\n\nResponse B: {b}\n\nWhich response is better? Answer with one letter, A or B.")
+POINTWISE_RUBRIC = ("You are a strict grader. Is the response to the question correct and does it follow every "
+                    "instruction?\n\nQuestion: {prompt}\n\nResponse: {response}\n\nAnswer with one word, Yes or No.")
+
+
+class LoadedLM:
+    """A model, its params and tokenizer, checked to belong together, and jitted calls."""
+
+    def __init__(self, path, dtype=jnp.float32, mesh=None, tokenizer=None):
+        self.path = pathlib.Path(path)
+        self.model, self.params = load_pretrained(path, dtype=dtype, mesh=mesh)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
+        check_tokenizer(self.model.config, self.tokenizer)
+        self.mesh = mesh
+        self._compiled = {}
+
+    def run(self, fn, *arrays):
+        """``fn(model, params, *arrays)`` jitted; under a mesh the batch is padded to the
+        number of data shards and split over them."""
+        rows = arrays[0].shape[0]
+        if fn not in self._compiled:
+            self._compiled[fn] = jax.jit(functools.partial(fn, self.model))
+        jitted = self._compiled[fn]
+        if self.mesh is None:
+            return np.asarray(jitted(self.params, *map(jnp.asarray, arrays)))
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        pad = -rows % shards
+        arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a for a in arrays]
+        with parallel.use_mesh(self.mesh):
+            placed = [jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim)) for a in arrays]
+            return np.asarray(jitted(self.params, *placed))[:rows]
+
+
+def _reward_head(model, params, ids, mask):
+    return classifier_scores(model, params, ids, mask)[:, 0]
+
+
+def _response_logprobs(model, params, ids, mask, response_mask):
+    out = sequence_logprobs(model, params, ids, mask, response_mask)
+    return jnp.stack([out.total, out.mean])
+
+
+def _next_token_logprobs(model, params, ids, mask):
+    logits = model.apply({"params": params}, ids, mask, last_only=True)[:, -1]
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def sequence_classifier(path, name: str | None = None, max_length: int = 1024, batch_size: int = 16,
+                        dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
+    lm = LoadedLM(path, dtype, mesh)
+    config = lm.model.config
+    if not config.num_labels:
+        raise ValueError(f"{path} is a causal LM, not a *ForSequenceClassification reward model; use "
+                         "kind 'implicit_dpo', 'log_likelihood' or 'judge' for it")
+    if config.num_labels != 1:
+        raise ValueError(f"{path} has a {config.num_labels}-label head; a reward model has one output")
+
+    def score(prompts, responses):
+        rows = [_full_chat(lm.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        enc = _encode_texts(lm.tokenizer, rows, max_length)
+        return lm.run(_reward_head, enc["input_ids"], enc["attention_mask"])
+
+    return RewardModel(name or lm.path.name, score_fn=score, batch_size=batch_size, kind="sequence_classifier",
+                       **kwargs)
+
+
+def implicit_dpo(path, reference_path, beta: float = 0.1, name: str | None = None, max_length: int = 1024,
+                 batch_size: int = 16, dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
+    """beta * (log pi(y|x) - log pi_ref(y|x)); both models must share a tokenizer."""
+    policy = LoadedLM(path, dtype, mesh)
+    reference = LoadedLM(reference_path, dtype, mesh, tokenizer=policy.tokenizer)
+
+    def score(prompts, responses):
+        enc = encode_prompt_response(policy.tokenizer, prompts, responses, max_length)
+        args = (enc["input_ids"], enc["attention_mask"], enc["response_mask"])
+        return beta * (policy.run(_response_logprobs, *args)[0] - reference.run(_response_logprobs, *args)[0])
+
+    return RewardModel(name or f"{policy.path.name}-implicit", score_fn=score, batch_size=batch_size,
+                       kind="implicit_dpo", **kwargs)
+
+
+def log_likelihood(path, name: str | None = None, normalize: bool = True, max_length: int = 1024,
+                   batch_size: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
+                   **kwargs) -> RewardModel:
+    """Reference-free implicit reward: mean (``normalize``) or total log-prob of the response."""
+    lm = lm or LoadedLM(path, dtype, mesh)
+
+    def score(prompts, responses):
+        enc = encode_prompt_response(lm.tokenizer, prompts, responses, max_length)
+        out = lm.run(_response_logprobs, enc["input_ids"], enc["attention_mask"], enc["response_mask"])
+        return out[1] if normalize else out[0]
+
+    return RewardModel(name or f"{lm.path.name}-loglik", score_fn=score, batch_size=batch_size,
+                       kind="log_likelihood", **kwargs)
+
+
+def judge(path, mode: str = "pointwise", name: str | None = None, rubric: str | None = None,
+          max_length: int = 1024, batch_size: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
+          **kwargs) -> RewardModel:
+    """A generative judge.  ``rubric`` is a format string with {prompt} and {response}
+    (pointwise) or {prompt}, {a}, {b} (pairwise)."""
+    if mode not in ("pointwise", "pairwise"):
+        raise ValueError(f"judge mode must be 'pointwise' or 'pairwise', got {mode!r}")
+    lm = lm or LoadedLM(path, dtype, mesh)
+    tok = lm.tokenizer
+    options = ("Yes", "No") if mode == "pointwise" else ("A", "B")
+    option_ids = [_first_token(tok, o) for o in options]
+    rubric = rubric or (POINTWISE_RUBRIC if mode == "pointwise" else PAIRWISE_RUBRIC)
+
+    def next_token(texts):
+        enc = _encode_texts(tok, [chat_prompt(tok, t) for t in texts], max_length)
+        logp = lm.run(_next_token_logprobs, enc["input_ids"], enc["attention_mask"])
+        return logp[:, option_ids[0]] - logp[:, option_ids[1]]       # log-odds of the first option
+
+    if mode == "pointwise":
+        def score(prompts, responses):
+            return next_token([rubric.format(prompt=p, response=r) for p, r in zip(prompts, responses)])
+        return RewardModel(name or f"{lm.path.stem}-judge", score_fn=score, batch_size=batch_size, kind="judge",
+                           **kwargs)
+
+    def prefer(prompts, a, b):
+        n = len(prompts)
+        texts = ([rubric.format(prompt=p, a=x, b=y) for p, x, y in zip(prompts, a, b)]
+                 + [rubric.format(prompt=p, a=y, b=x) for p, x, y in zip(prompts, a, b)])
+        odds = next_token(texts)
+        first = 1.0 / (1.0 + np.exp(-odds))                      # P(A) renormalised over {A, B}
+        return 0.5 * (first[:n] + (1.0 - first[n:]))             # a in slot A, then a in slot B
+    return RewardModel(name or f"{lm.path.stem}-pairjudge", prefer_fn=prefer, batch_size=batch_size,
+                       kind="pairwise_judge", **kwargs)
+
+
+def _first_token(tokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError(f"the tokenizer encodes {word!r} as no tokens")
+    return ids[0]
+
+
+def _full_chat(tokenizer, prompt: str, response: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}], tokenize=False)
+    return f"{prompt}\n{response}"
+
+
+def _encode_texts(tokenizer, texts, max_length: int, multiple: int = 32):
+    """Left-padded, bucketed ids of whole texts; an over-long text keeps its last
+    ``max_length`` tokens (the response and the verdict slot are at the end)."""
+    rows = [tokenizer(t, add_special_tokens=False).input_ids[-max_length:] for t in texts]
+    width = max(multiple, -(-max(map(len, rows)) // multiple) * multiple)
+    ids = np.full((len(rows), width), tokenizer.pad_token_id or 0, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
