@@ -83,6 +83,9 @@ def test_cache_scores_each_pair_once():
     assert base.cost.items == 2                            # the repeated pair was scored once
     np.testing.assert_array_equal(rm.score(["r", "q", "q"], ["b", "aa", "ccc"]), [1, 2, 3])
     assert base.cost.items == 3 and len(rm.cache) == 3
+    assert rm.cost.calls == base.cost.calls == 2            # [aa, b] then [ccc]
+    rm.score(["q"], ["aa"])
+    assert rm.cost.calls == 2                              # a pure cache hit calls no model
     assert ("length", "q", "ccc") in rm.cache
     with pytest.raises(TypeError, match="pairwise judge"):
         cached(RewardModel("judge", prefer_fn=lambda p, a, b: np.full(len(p), 0.5)))

@@ -68,7 +68,7 @@ def test_classifier_head_matches_transformers(tmp_path, family):
 
 def test_sequence_classifier_rm_scores_the_chat_like_transformers(tmp_path, smol_tokenizer):
     hf = _tiny(tmp_path, "llama", vocab=len(smol_tokenizer), tokenizer=smol_tokenizer)
-    rm = lm.sequence_classifier(tmp_path, name="tiny-rm", batch_size=2)
+    rm = lm.sequence_classifier(tmp_path, name="tiny-rm", micro_batch=2)
     prompts = ["What is 2 + 3?", "Name a colour.", "Say hi."]
     responses = ["5", "Blue is a colour that many people like.", ""]      # empty response allowed
     got = rm.score(prompts, responses)
@@ -77,7 +77,7 @@ def test_sequence_classifier_rm_scores_the_chat_like_transformers(tmp_path, smol
             [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=True,
             return_dict=True)["input_ids"]])).logits[0, 0].item() for p, r in zip(prompts, responses)]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-    assert (rm.cost.calls, rm.cost.items) == (2, 3)       # batches of 2
+    assert (rm.cost.calls, rm.cost.items) == (2, 3)       # two micro-batches of 2
     assert rm.cost.seconds > 0
 
 

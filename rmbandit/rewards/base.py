@@ -39,7 +39,7 @@ class RewardModelError(RuntimeError):
 @dataclasses.dataclass
 class Cost:
     seconds: float = 0.0
-    calls: int = 0           # batches sent to the underlying model / function
+    calls: int = 0           # model forward passes (or batches, for models without a counter)
     items: int = 0           # responses scored (a pairwise comparison counts as one)
     invalid: int = 0         # NaN / inf outputs dropped under on_invalid="drop"
 
@@ -58,6 +58,9 @@ class RewardModel:
     on_invalid: str = "raise"
     kind: str = "custom"
     cost: Cost = dataclasses.field(default_factory=Cost)
+    # a counter of the underlying model's forward passes (an LM RM splits a batch into
+    # micro-batches); without one, each batch counts as one call
+    model_calls: Callable[[], int] | None = None
 
     def __post_init__(self):
         if self.score_fn is None and self.prefer_fn is None:
@@ -90,6 +93,7 @@ class RewardModel:
         n = len(columns[0])
         out = np.empty(n, np.float32)
         start = time.perf_counter()
+        calls_before = self.model_calls() if self.model_calls else 0
         try:
             for lo in range(0, n, self.batch_size):
                 batch = [list(c[lo:lo + self.batch_size]) for c in columns]
@@ -98,13 +102,15 @@ class RewardModel:
                     raise RewardModelError(f"RM {self.name!r} returned {values.shape[0]} values for a batch of "
                                            f"{len(batch[0])}")
                 out[lo:lo + len(batch[0])] = values
-                self.cost.calls += 1
+                self.cost.calls += 0 if self.model_calls else 1
         except RewardModelError:
             raise
         except Exception as err:      # name the RM; the caller's state (policy, router) is untouched
             raise RewardModelError(f"RM {self.name!r} ({self.kind}) failed: {type(err).__name__}: {err}") from err
         finally:
             self.cost.seconds += time.perf_counter() - start
+            if self.model_calls:
+                self.cost.calls += self.model_calls() - calls_before
         self.cost.items += n
         bad = ~np.isfinite(out)
         if bad.any():

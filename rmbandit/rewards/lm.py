@@ -44,22 +44,44 @@ class LoadedLM:
         check_tokenizer(self.model.config, self.tokenizer)
         self.mesh = mesh
         self._compiled = {}
+        self.forwards = 0              # model calls (micro-batches), for the RMs' cost
 
-    def run(self, fn, *arrays):
-        """``fn(model, params, *arrays)`` jitted; under a mesh the batch is padded to the
-        number of data shards and split over them."""
-        rows = arrays[0].shape[0]
+    def run(self, fn, input_ids, attention_mask, *extra, micro_batch: int = 16, multiple: int = 32):
+        """``fn(model, params, input_ids, attention_mask, *extra)`` jitted, over left-padded
+        rows [N, T] -> outputs [N, ...].
+
+        Rows are sorted by length and cut into micro-batches of ``micro_batch`` rows, each
+        trimmed to its own longest row (rounded up to ``multiple``): short sequences never
+        pay for a long one's padding, and the compiled shapes stay few.  Under a mesh each
+        micro-batch is split over ``data`` x ``fsdp``."""
         if fn not in self._compiled:
             self._compiled[fn] = jax.jit(functools.partial(fn, self.model))
         jitted = self._compiled[fn]
-        if self.mesh is None:
-            return np.asarray(jitted(self.params, *map(jnp.asarray, arrays)))
-        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        pad = -rows % shards
-        arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a for a in arrays]
-        with parallel.use_mesh(self.mesh):
-            placed = [jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim)) for a in arrays]
-            return np.asarray(jitted(self.params, *placed))[:rows]
+        if self.mesh is not None:
+            shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+            micro_batch = -(-micro_batch // shards) * shards
+        lengths = attention_mask.sum(1)
+        order = np.argsort(-lengths, kind="stable")
+        width = attention_mask.shape[1]
+        outputs = []
+        for lo in range(0, len(order), micro_batch):
+            rows = order[lo:lo + micro_batch]
+            rows = np.concatenate([rows, np.repeat(rows[-1:], micro_batch - len(rows))])   # one batch shape
+            keep = min(width, max(multiple, -(-int(lengths[rows].max()) // multiple) * multiple))
+            arrays = [a[rows][:, width - keep:] if a.ndim == 2 and a.shape[1] == width else a[rows]
+                      for a in (input_ids, attention_mask, *extra)]
+            if self.mesh is None:
+                out = jitted(self.params, *map(jnp.asarray, arrays))
+            else:
+                with parallel.use_mesh(self.mesh):
+                    out = jitted(self.params, *[jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim))
+                                                for a in arrays])
+            outputs.append(np.asarray(out)[:len(order[lo:lo + micro_batch])])
+            self.forwards += 1
+        result = np.concatenate(outputs)
+        unsorted = np.empty_like(result)
+        unsorted[order] = result
+        return unsorted
 
 
 def _reward_head(model, params, ids, mask):
@@ -68,7 +90,7 @@ def _reward_head(model, params, ids, mask):
 
 def _response_logprobs(model, params, ids, mask, response_mask):
     out = sequence_logprobs(model, params, ids, mask, response_mask)
-    return jnp.stack([out.total, out.mean])
+    return jnp.stack([out.total, out.mean], axis=-1)                   # [B, 2]
 
 
 def _next_token_logprobs(model, params, ids, mask):
@@ -76,7 +98,7 @@ def _next_token_logprobs(model, params, ids, mask):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def sequence_classifier(path, name: str | None = None, max_length: int = 1024, batch_size: int = 16,
+def sequence_classifier(path, name: str | None = None, max_length: int = 1024, batch_size: int = 256, micro_batch: int = 16,
                         dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
     lm = LoadedLM(path, dtype, mesh)
     config = lm.model.config
@@ -89,14 +111,14 @@ def sequence_classifier(path, name: str | None = None, max_length: int = 1024, b
     def score(prompts, responses):
         rows = [_full_chat(lm.tokenizer, p, r) for p, r in zip(prompts, responses)]
         enc = _encode_texts(lm.tokenizer, rows, max_length)
-        return lm.run(_reward_head, enc["input_ids"], enc["attention_mask"])
+        return lm.run(_reward_head, enc["input_ids"], enc["attention_mask"], micro_batch=micro_batch)
 
     return RewardModel(name or lm.path.name, score_fn=score, batch_size=batch_size, kind="sequence_classifier",
-                       **kwargs)
+                       model_calls=lambda: lm.forwards, **kwargs)
 
 
 def implicit_dpo(path, reference_path, beta: float = 0.1, name: str | None = None, max_length: int = 1024,
-                 batch_size: int = 16, dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
+                 batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
     """beta * (log pi(y|x) - log pi_ref(y|x)); both models must share a tokenizer."""
     policy = LoadedLM(path, dtype, mesh)
     reference = LoadedLM(reference_path, dtype, mesh, tokenizer=policy.tokenizer)
@@ -104,29 +126,31 @@ def implicit_dpo(path, reference_path, beta: float = 0.1, name: str | None = Non
     def score(prompts, responses):
         enc = encode_prompt_response(policy.tokenizer, prompts, responses, max_length)
         args = (enc["input_ids"], enc["attention_mask"], enc["response_mask"])
-        return beta * (policy.run(_response_logprobs, *args)[0] - reference.run(_response_logprobs, *args)[0])
+        return beta * (policy.run(_response_logprobs, *args, micro_batch=micro_batch)[:, 0]
+                       - reference.run(_response_logprobs, *args, micro_batch=micro_batch)[:, 0])
 
     return RewardModel(name or f"{policy.path.name}-implicit", score_fn=score, batch_size=batch_size,
-                       kind="implicit_dpo", **kwargs)
+                       kind="implicit_dpo", model_calls=lambda: policy.forwards + reference.forwards, **kwargs)
 
 
 def log_likelihood(path, name: str | None = None, normalize: bool = True, max_length: int = 1024,
-                   batch_size: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
+                   batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
                    **kwargs) -> RewardModel:
     """Reference-free implicit reward: mean (``normalize``) or total log-prob of the response."""
     lm = lm or LoadedLM(path, dtype, mesh)
 
     def score(prompts, responses):
         enc = encode_prompt_response(lm.tokenizer, prompts, responses, max_length)
-        out = lm.run(_response_logprobs, enc["input_ids"], enc["attention_mask"], enc["response_mask"])
-        return out[1] if normalize else out[0]
+        out = lm.run(_response_logprobs, enc["input_ids"], enc["attention_mask"], enc["response_mask"],
+                     micro_batch=micro_batch)
+        return out[:, 1] if normalize else out[:, 0]
 
     return RewardModel(name or f"{lm.path.name}-loglik", score_fn=score, batch_size=batch_size,
-                       kind="log_likelihood", **kwargs)
+                       kind="log_likelihood", model_calls=lambda: lm.forwards, **kwargs)
 
 
 def judge(path, mode: str = "pointwise", name: str | None = None, rubric: str | None = None,
-          max_length: int = 1024, batch_size: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
+          max_length: int = 1024, batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
           **kwargs) -> RewardModel:
     """A generative judge.  ``rubric`` is a format string with {prompt} and {response}
     (pointwise) or {prompt}, {a}, {b} (pairwise)."""
@@ -140,14 +164,14 @@ def judge(path, mode: str = "pointwise", name: str | None = None, rubric: str | 
 
     def next_token(texts):
         enc = _encode_texts(tok, [chat_prompt(tok, t) for t in texts], max_length)
-        logp = lm.run(_next_token_logprobs, enc["input_ids"], enc["attention_mask"])
+        logp = lm.run(_next_token_logprobs, enc["input_ids"], enc["attention_mask"], micro_batch=micro_batch)
         return logp[:, option_ids[0]] - logp[:, option_ids[1]]       # log-odds of the first option
 
     if mode == "pointwise":
         def score(prompts, responses):
             return next_token([rubric.format(prompt=p, response=r) for p, r in zip(prompts, responses)])
         return RewardModel(name or f"{lm.path.stem}-judge", score_fn=score, batch_size=batch_size, kind="judge",
-                           **kwargs)
+                           model_calls=lambda: lm.forwards, **kwargs)
 
     def prefer(prompts, a, b):
         n = len(prompts)
@@ -157,7 +181,7 @@ def judge(path, mode: str = "pointwise", name: str | None = None, rubric: str | 
         first = 1.0 / (1.0 + np.exp(-odds))                      # P(A) renormalised over {A, B}
         return 0.5 * (first[:n] + (1.0 - first[n:]))             # a in slot A, then a in slot B
     return RewardModel(name or f"{lm.path.stem}-pairjudge", prefer_fn=prefer, batch_size=batch_size,
-                       kind="pairwise_judge", **kwargs)
+                       kind="pairwise_judge", model_calls=lambda: lm.forwards, **kwargs)
 
 
 def _first_token(tokenizer, word: str) -> int:

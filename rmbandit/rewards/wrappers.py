@@ -63,8 +63,9 @@ def cached(rm: RewardModel) -> RewardModel:
 
 
 def _derived(rm: RewardModel, name: str, how: str, **fns) -> RewardModel:
-    """A wrapper costs what its inner RM costs (that RM keeps its own counters)."""
-    fields = dict(score_fn=None, prefer_fn=None, batch_size=rm.batch_size, on_invalid=rm.on_invalid)
+    """A wrapper's model calls are its inner RM's (a cache hit costs none)."""
+    fields = dict(score_fn=None, prefer_fn=None, batch_size=rm.batch_size, on_invalid=rm.on_invalid,
+                  model_calls=lambda: rm.cost.calls)
     fields.update(fns)
     return RewardModel(name, kind=f"{how}({rm.kind})", **fields)
 
