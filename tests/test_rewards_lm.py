@@ -153,3 +153,18 @@ def test_over_long_input_is_truncated_as_documented(smol_tokenizer):
     assert row[resp][0] == tok("answer", add_special_tokens=False).input_ids[0]
     assert "<|im_start|>assistant" in tok.decode(row[~resp])  # the prompt keeps its end
     assert enc["response_mask"][1].sum() == 1 and enc["input_ids"][1, -1] == tok.eos_token_id   # empty -> EOS
+
+
+def test_rm_under_a_mesh_equals_single_device(tmp_path, smol_tokenizer):
+    from rmbandit import parallel
+
+    _tiny(tmp_path, "qwen3", vocab=len(smol_tokenizer), tokenizer=smol_tokenizer)
+    prompts = ["What is 2 + 3?", "Name a colour.", "Say hi.", "Is 7 prime?", "Spell cat."]
+    responses = ["5", "Blue.", "Hi there, nice to meet you!", "Yes, 7 is prime.", "c-a-t"]
+    want = lm.sequence_classifier(tmp_path, micro_batch=2).score(prompts, responses)
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    loaded = lm.LoadedLM(tmp_path, mesh=mesh)
+    assert tuple(loaded.params["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec) == ("fsdp", "tensor")
+    sharded = lm.sequence_classifier(tmp_path, micro_batch=2, lm=loaded)
+    np.testing.assert_allclose(sharded.score(prompts, responses), want, atol=1e-5)
+    assert sharded.cost.calls == 2                         # micro-batches rounded up to 4 rows (data x fsdp)

@@ -99,8 +99,8 @@ def _next_token_logprobs(model, params, ids, mask):
 
 
 def sequence_classifier(path, name: str | None = None, max_length: int = 1024, batch_size: int = 256, micro_batch: int = 16,
-                        dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
-    lm = LoadedLM(path, dtype, mesh)
+                        dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None, **kwargs) -> RewardModel:
+    lm = lm or LoadedLM(path, dtype, mesh)
     config = lm.model.config
     if not config.num_labels:
         raise ValueError(f"{path} is a causal LM, not a *ForSequenceClassification reward model; use "
