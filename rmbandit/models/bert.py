@@ -19,7 +19,6 @@ import re
 from functools import partial
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,7 @@ import numpy as np
 from safetensors import safe_open
 
 from rmbandit.models.layers import RESIDUAL, dense
-from rmbandit.models.loading import safetensors_files
-from rmbandit.parallel import abstract_params
+from rmbandit.models.loading import assemble_params, safetensors_files
 
 ACTIVATIONS = {
     "gelu": partial(jax.nn.gelu, approximate=False),     # BERT's "gelu" is the exact erf form
@@ -230,25 +228,8 @@ def _read_tensors(path: pathlib.Path):
 
 def assemble_encoder_params(model: BertEncoder, tensors, source: str, dtype=jnp.float32):
     """(HF name, numpy array) pairs -> params; unknown, mis-shaped or missing tensors are errors."""
-    expected = flax.traverse_util.flatten_dict(abstract_params(model, (jnp.zeros((1, 1), jnp.int32),)))
-    flat = {}
-    for name, array in tensors:
-        if IGNORED.search(name.removeprefix("bert.")):
-            continue
-        target = hf_to_flax_path(name)
-        if target is None or target[0] not in expected:
-            raise ValueError(f"unexpected tensor {name!r} in {source} for a BERT encoder; "
-                             "is the config from the same checkpoint?")
-        key, transpose = target
-        array = array.T if transpose else array
-        if array.shape != expected[key].shape:
-            raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
-                             f"{expected[key].shape}; the config and the weights disagree")
-        flat[key] = jnp.asarray(np.asarray(array).astype(jnp.dtype(dtype)))
-    missing = [flax_to_hf_name(k) for k in expected if k not in flat]
-    if missing:
-        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensors the encoder needs: {missing}")
-    return flax.traverse_util.unflatten_dict(flat)
+    return assemble_params(model, tensors, source, dtype, to_flax=hf_to_flax_path, describe="BERT encoder",
+                           ignore=lambda name: IGNORED.search(name.removeprefix("bert.")), hf_name=flax_to_hf_name)
 
 
 def load_encoder(path, dtype=jnp.float32) -> tuple[BertEncoder, dict]:

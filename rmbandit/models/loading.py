@@ -60,34 +60,40 @@ def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
                             "pass an HF checkpoint directory saved with safetensors")
 
 
-def assemble_params(model, config: ModelConfig, tensors, source: str, dtype, shardings=None):
+def assemble_params(model, tensors, source: str, dtype, shardings=None, *, to_flax=None, ignore=None,
+                    describe: str = "model", hf_name=".".join):
     """(HF tensor name, array [HF layout]) pairs -> our params; every check in one place.
 
-    With ``shardings`` (flat dict path -> Sharding) each tensor goes straight onto its
-    sharding as it is read: every device receives only its shard (multi-host included,
-    through ``make_array_from_callback``) and the host holds one tensor at a time."""
+    ``to_flax`` maps an HF name to (our param path, transpose?) (default: the decoders'
+    table), ``ignore`` skips buffers the model does not need, ``hf_name`` names a missing
+    param in the checkpoint's own terms.  With ``shardings`` (flat dict path -> Sharding)
+    each tensor goes straight onto its sharding as it is read: every device receives only
+    its shard (multi-host included, through ``make_array_from_callback``) and the host
+    holds one tensor at a time."""
+    to_flax = to_flax or hf_to_flax_path
+    ignore = ignore or IGNORED.match
     expected = flax.traverse_util.flatten_dict(abstract_params(model, (jnp.zeros((1, 1), jnp.int32),)))
     flat = {}
     for name, array in tensors:
-        if IGNORED.match(name):
+        if ignore(name):
             continue
-        target = hf_to_flax_path(name)
+        target = to_flax(name)
         if target is None or target[0] not in expected:
-            raise ValueError(f"unexpected tensor {name!r} in {source} for a {config.model_type} model; "
+            raise ValueError(f"unexpected tensor {name!r} in {source} for a {describe}; "
                              "is the config from the same checkpoint?")
         key, transpose = target
         array = array.T if transpose else array
         if array.shape != expected[key].shape:
             raise ValueError(f"tensor {name!r} has shape {array.shape} but the config implies "
                              f"{expected[key].shape}; the config and the weights disagree")
+        host = np.asarray(array).astype(jnp.dtype(dtype))
         if shardings is None:
-            flat[key] = jnp.asarray(array).astype(dtype)
+            flat[key] = jnp.asarray(host)
         else:
-            host = np.asarray(array).astype(jnp.dtype(dtype))
             flat[key] = jax.make_array_from_callback(host.shape, shardings[key], lambda index: host[index])
-    missing = [".".join(k) for k in expected if k not in flat]
+    missing = [hf_name(k) for k in expected if k not in flat]
     if missing:
-        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensors the model needs, e.g. {missing[:4]}")
+        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensors the {describe} needs: {missing[:8]}")
     return flax.traverse_util.unflatten_dict(flat)
 
 
@@ -114,4 +120,5 @@ def load_pretrained(path, dtype=jnp.float32, mesh=None):
         from rmbandit import parallel
         shardings = flax.traverse_util.flatten_dict(
             parallel.param_shardings(model, mesh, (jnp.zeros((1, 1), jnp.int32),)))
-    return model, assemble_params(model, config, tensors, str(path), dtype, shardings)
+    return model, assemble_params(model, tensors, str(path), dtype, shardings,
+                                  describe=f"{config.model_type} model")
