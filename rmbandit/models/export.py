@@ -31,6 +31,8 @@ def hf_config_dict(config: ModelConfig) -> dict:
         "rope_parameters": rope, "rope_theta": config.rope_theta,
         "attention_bias": config.attention_bias, "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": config.bos_token_id,
+        # written even when None: some families (Gemma 2) otherwise default it to 0 on load
+        "pad_token_id": config.pad_token_id,
         "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
     }
     if config.model_type == "mistral":
