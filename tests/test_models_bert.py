@@ -19,6 +19,7 @@ from rmbandit.models.bert import (
     load_encoder,
     sentence_embeddings,
 )
+from tests.torch_oracle import save_perturbed
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=40, type_vocab_size=2)
@@ -28,12 +29,7 @@ def _save_tiny(tmp_path, cls="BertModel", **extra):
     torch.manual_seed(0)
     config = transformers.BertConfig(**{**TINY, **extra})
     model = getattr(transformers, cls)(config).eval()
-    with torch.no_grad():              # non-trivial norms and biases, so a dropped one shows
-        for n, p in model.named_parameters():
-            if "LayerNorm" in n or n.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    return model
+    return save_perturbed(model, tmp_path, lambda n: "LayerNorm" in n or n.endswith(".bias"))
 
 
 def _batch(seed=0, b=3, t=11, vocab=97):

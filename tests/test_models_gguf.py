@@ -2,6 +2,7 @@
 import importlib.util
 import pathlib
 
+import gguf
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -95,7 +96,10 @@ def _write_tiny_gguf(path, hf_model, types, extra_tensor=None):
             if f".{proj}." in name:        # llama.cpp's interleaved-RoPE row order
                 layout = weight.reshape(h, 2, -1, weight.shape[-1]).swapaxes(1, 2).reshape(weight.shape)
         qtype = next((t for suffix, t in types.items() if suffix in name), gguf.GGMLQuantizationType.F32)
-        data = layout if qtype == gguf.GGMLQuantizationType.F32 else quants.quantize(layout, qtype)
+        if qtype in _RANDOM_BLOCKS:        # gguf-py cannot quantise K-quants: random valid blocks instead
+            data = _RANDOM_BLOCKS[qtype](np.random.default_rng(len(expected)), layout.shape)
+        else:
+            data = layout if qtype == gguf.GGMLQuantizationType.F32 else quants.quantize(layout, qtype)
         writer.add_tensor(to_gguf[name], data, raw_dtype=qtype)      # the shape is read off the bytes
         back = quants.dequantize(data, qtype).reshape(layout.shape) if qtype != gguf.GGMLQuantizationType.F32 else layout
         expected[name] = gguf_loading.unpermute_rope_rows(back, heads["q_proj" if ".q_proj." in name else "k_proj"]) \
@@ -110,8 +114,8 @@ def _write_tiny_gguf(path, hf_model, types, extra_tensor=None):
 
 
 def test_every_writable_quant_type_loads_to_the_dequantised_weights(tmp_path):
-    """Q8_0 / Q4_0 / Q4_1 / BF16 / F16 / F32 tensors (the types gguf-py can write; Q4_K and
-    Q6_K are read in the real SmolLM2 file above) through metadata -> config, name mapping
+    """Q8_0 / Q4_0 / Q4_1 / BF16 / F16 / F32 tensors (the types gguf-py can write; the real
+    SmolLM2 file above is Q4_1 + Q8_0; K-quants below) through metadata -> config, name mapping
     and the q/k row un-permutation: logits equal transformers' on the same dequantised weights."""
     import gguf
 
@@ -131,6 +135,97 @@ def test_every_writable_quant_type_loads_to_the_dequantised_weights(tmp_path):
     with torch.no_grad():
         want = hf(input_ids=torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)
+
+
+def _fp16_bytes(values):
+    return np.asarray(values, np.float16).view(np.uint8).reshape(*np.shape(values), 2)
+
+
+def _random_q4_k(rng, shape):
+    """Q4_K super-blocks of 256 weights: fp16 d, fp16 dmin, 12 bytes of packed 6-bit scales
+    and mins, 128 bytes of 4-bit quants (144 bytes); sane fp16 scales, random everything else."""
+    rows, blocks = shape[0], shape[1] // 256
+    d = _fp16_bytes(rng.uniform(1e-3, 2e-3, (rows, blocks)))
+    dmin = _fp16_bytes(rng.uniform(1e-3, 2e-3, (rows, blocks)))
+    rest = rng.integers(0, 256, (rows, blocks, 140), dtype=np.uint8)
+    return np.concatenate([d, dmin, rest], -1).reshape(rows, blocks * 144)
+
+
+def _random_q6_k(rng, shape):
+    """Q6_K super-blocks: 128 bytes low 4 bits, 64 bytes high 2 bits, 16 int8 scales, fp16 d (210 bytes)."""
+    rows, blocks = shape[0], shape[1] // 256
+    bits = rng.integers(0, 256, (rows, blocks, 208), dtype=np.uint8)
+    d = _fp16_bytes(rng.uniform(1e-4, 2e-4, (rows, blocks)))
+    return np.concatenate([bits, d], -1).reshape(rows, blocks * 210)
+
+
+def _q4_k_reference(raw):
+    """llama.cpp's dequantize_row_q4_K, one super-block at a time."""
+    out = []
+    for block in raw.reshape(-1, 144):
+        d, dmin = block[:4].view(np.float16).astype(np.float32)
+        q, qs = block[4:16].astype(np.int32), block[16:]
+
+        def scale_min(j):
+            if j < 4:
+                return q[j] & 63, q[j + 4] & 63
+            return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
+
+        for chunk in range(4):                     # 64 weights: 32 low nibbles, 32 high nibbles
+            sc1, m1 = scale_min(2 * chunk)
+            sc2, m2 = scale_min(2 * chunk + 1)
+            part = qs[32 * chunk:32 * chunk + 32]
+            out.append(d * sc1 * (part & 0xF) - dmin * m1)
+            out.append(d * sc2 * (part >> 4) - dmin * m2)
+    return np.concatenate(out)
+
+
+def _q6_k_reference(raw):
+    """llama.cpp's dequantize_row_q6_K, one super-block at a time."""
+    out = []
+    for block in raw.reshape(-1, 210):
+        ql, qh = block[:128].astype(np.int32), block[128:192].astype(np.int32)
+        scales, d = block[192:208].view(np.int8).astype(np.float32), block[208:].view(np.float16)[0]
+        y = np.zeros(256, np.float32)
+        for half in range(2):                      # 128 weights from 64 ql bytes, 32 qh bytes, 8 scales
+            l_, h_, s_, base = ql[64 * half:], qh[32 * half:], scales[8 * half:], 128 * half
+            for i in range(32):
+                k = i // 16
+                y[base + i] = d * s_[k] * (((l_[i] & 0xF) | ((h_[i] & 3) << 4)) - 32)
+                y[base + i + 32] = d * s_[k + 2] * (((l_[i + 32] & 0xF) | (((h_[i] >> 2) & 3) << 4)) - 32)
+                y[base + i + 64] = d * s_[k + 4] * (((l_[i] >> 4) | (((h_[i] >> 4) & 3) << 4)) - 32)
+                y[base + i + 96] = d * s_[k + 6] * (((l_[i + 32] >> 4) | (((h_[i] >> 6) & 3) << 4)) - 32)
+        out.append(y)
+    return np.concatenate(out)
+
+
+_RANDOM_BLOCKS = {gguf.GGMLQuantizationType.Q4_K: _random_q4_k, gguf.GGMLQuantizationType.Q6_K: _random_q6_k}
+
+
+def test_k_quants_dequantise_as_llama_cpp_and_load_to_transformers_logits(tmp_path):
+    """Q4_K and Q6_K (the K-quants most GGUF checkpoints use): the bytes decode as llama.cpp's
+    reference decoder says, and a model made of them gives transformers' logits."""
+    q = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(0)
+    for qtype, reference in ((q.Q4_K, _q4_k_reference), (q.Q6_K, _q6_k_reference)):
+        raw = _RANDOM_BLOCKS[qtype](rng, (3, 512))
+        np.testing.assert_allclose(gguf.dequantize(raw, qtype).reshape(-1), reference(raw), rtol=1e-6, atol=1e-7)
+
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(   # rows of 256: one super-block each
+        vocab_size=96, hidden_size=256, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False)).eval()
+    types = {"q_proj": q.Q4_K, "k_proj": q.Q6_K, "v_proj": q.Q4_K, "o_proj": q.Q6_K, "mlp": q.Q4_K,
+             "embed_tokens": q.Q6_K, "lm_head": q.Q4_K}
+    expected = _write_tiny_gguf(tmp_path / "k.gguf", hf, types)
+    hf.load_state_dict({k: torch.tensor(v) for k, v in expected.items()})
+    model, params = load_pretrained(tmp_path / "k.gguf")
+    ids = np.random.default_rng(1).integers(0, 96, size=(2, 9))
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids)))
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(ids)).logits.numpy()
+    assert np.abs(want).max() > 1e-2                # random blocks give non-trivial logits
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=1e-4)
 
 
 def test_unsupported_quant_type_is_a_clear_error(tmp_path):

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from rmbandit.models import Gemma2Model, LlamaModel, ModelConfig, load_pretrained  # noqa: E402
+from tests.torch_oracle import save_perturbed  # noqa: E402
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2)
@@ -29,12 +30,7 @@ def _save_tiny(tmp_path, name):
     torch.manual_seed(0)
     config = getattr(transformers, cls)(**{**TINY, **extra})
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():              # non-trivial norms and biases, so a dropped one shows
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight") or n.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    return model
+    return save_perturbed(model, tmp_path, lambda n: n.endswith("norm.weight") or n.endswith(".bias"))
 
 
 def _batch(seed=0, b=3, t=11, vocab=97):

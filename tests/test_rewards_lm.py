@@ -14,6 +14,7 @@ from rmbandit.models import load_pretrained, load_tokenizer  # noqa: E402
 from rmbandit.models.functions import classifier_scores  # noqa: E402
 from rmbandit.models.tokenizer import chat_prompt, encode_prompt_response  # noqa: E402
 from rmbandit.rewards import lm  # noqa: E402
+from tests.torch_oracle import save_perturbed  # noqa: E402
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, pad_token_id=0)
@@ -30,11 +31,7 @@ def _tiny(tmp_path, family, head="classifier", vocab=97, seed=0, tokenizer=None)
     auto = (transformers.AutoModelForSequenceClassification if head == "classifier"
             else transformers.AutoModelForCausalLM)
     model = auto.from_config(config).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(tmp_path, safe_serialization=True)
+    save_perturbed(model, tmp_path, lambda n: n.endswith("norm.weight"))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp_path)
     return model
