@@ -127,3 +127,62 @@ def test_tokenizer_from_another_model_is_rejected():
     config = ModelConfig.from_hf_dict({"model_type": "llama", **TINY, "num_hidden_layers": 1})
     with pytest.raises(ValueError, match="151000 tokens .*vocabulary has 97"):
         check_tokenizer(config, FakeTokenizer())
+
+
+def _attention_reference(q, k, v, bias, scale, cap):
+    """Plain attention, one head at a time (kv head h // G for query head h), float64."""
+    b, t, heads, _ = q.shape
+    g = heads // k.shape[2]
+    out = np.zeros(q.shape)
+    for row in range(b):
+        for h in range(heads):
+            logits = q[row, :, h] @ k[row, :, h // g].T * scale
+            if cap is not None:
+                logits = np.tanh(logits / cap) * cap
+            logits = logits + bias[row, 0]
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            out[row, :, h] = probs / probs.sum(-1, keepdims=True) @ v[row, :, h // g]
+    return out
+
+
+@pytest.mark.parametrize("query_slot, cache_len, cap", [(0, 13, None), (5, 24, 2.0), (None, 24, None)])
+def test_blocked_grouped_attention_equals_plain_attention(query_slot, cache_len, cap):
+    """Query blocks that skip the masked keys give plain attention's result: a full causal
+    forward (slot 0), queries appended to a cache at a static slot, and a traced slot (no
+    skipping); 13 queries in blocks of 4, so the last block is partial."""
+    from rmbandit.models.layers import attention_bias, grouped_attention
+
+    rng = np.random.default_rng(0)
+    b, t, heads, kv, hd = 2, 13, 6, 2, 8
+    q = rng.normal(size=(b, t, heads, hd)).astype(np.float32)
+    k, v = (rng.normal(size=(b, cache_len, kv, hd)).astype(np.float32) for _ in range(2))
+    slot = 0 if query_slot is None else query_slot
+    valid = np.zeros((b, cache_len), bool)
+    valid[:, :slot + t] = True
+    valid[1, :3] = False                                   # a left-padded row
+    query_index = np.broadcast_to(slot + np.arange(t), (b, t))
+    key_index = np.broadcast_to(np.arange(cache_len), (b, cache_len))
+    bias = np.asarray(attention_bias(jnp.asarray(query_index), jnp.asarray(key_index), jnp.asarray(valid), None))
+    keys, values = jnp.asarray(k.transpose(0, 2, 3, 1)), jnp.asarray(v.transpose(0, 2, 1, 3))  # the cache layouts
+    got = grouped_attention(jnp.asarray(q), keys, values, jnp.asarray(bias), 0.3, cap, query_slot, block=4)
+    want = _attention_reference(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                                np.maximum(bias, -1e30).astype(np.float64), 0.3, cap)
+    real = valid[:, slot:slot + t]                         # padding queries see no key: their output is unused
+    np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_llama3_rope", "gemma2_softcap_alternating_window"])
+def test_small_query_blocks_keep_transformers_logits(tmp_path, name, monkeypatch):
+    """The whole model with query blocks of 3 (four blocks over 11 tokens, windows of 4)."""
+    from rmbandit.models import layers
+
+    monkeypatch.setattr(layers, "QUERY_BLOCK", 3)
+    hf = _save_tiny(tmp_path, name)
+    model, params = load_pretrained(tmp_path, dtype=jnp.float32)
+    ids, mask = _batch()
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  position_ids=torch.tensor(np.maximum(np.cumsum(mask, -1) - 1, 0))).logits.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)

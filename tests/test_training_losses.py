@@ -21,9 +21,13 @@ def test_dpo_loss_matches_the_formula():
     assert float(g[0][0]) < 0 < float(g[1][0])
 
 
-def test_shared_prompt_logprobs_equal_the_full_sequences(tmp_path):
+@pytest.mark.parametrize("query_block", [64, 2])
+def test_shared_prompt_logprobs_equal_the_full_sequences(tmp_path, query_block, monkeypatch):
+    """Also with query blocks of 2: the prompt and the responses then skip keys past their
+    block at the cache's static slot."""
     pytest.importorskip("torch")
-    from rmbandit.models import load_pretrained, sequence_logprobs
+    from rmbandit.models import layers, load_pretrained, sequence_logprobs
+    monkeypatch.setattr(layers, "QUERY_BLOCK", query_block)
     from rmbandit.models.functions import shared_prompt_logprobs
     from tests.test_models_parity import _save_tiny
     _save_tiny(tmp_path, "llama_gqa_llama3_rope")
@@ -45,3 +49,23 @@ def test_shared_prompt_logprobs_equal_the_full_sequences(tmp_path):
     want = sequence_logprobs(model, params, jnp.asarray(full_ids), jnp.asarray(full_mask), jnp.asarray(response_only))
     np.testing.assert_allclose(got.total, want.total, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got.length, want.length)
+
+
+def test_picked_logprobs_value_and_gradient_equal_log_softmax():
+    """The log-sum-exp form (shift held out of the gradient) against the textbook
+    log_softmax + gather, values and gradients, on logits large enough to overflow exp."""
+    from rmbandit.models.functions import picked_logprobs
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 50)) * 30 + 200, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 50, size=(3, 5)))
+    weights = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+
+    def textbook(x):
+        return jnp.take_along_axis(jax.nn.log_softmax(x, -1), targets[..., None], -1)[..., 0]
+
+    np.testing.assert_allclose(picked_logprobs(logits, targets), textbook(logits), atol=1e-4)
+    got = jax.grad(lambda x: (picked_logprobs(x, targets) * weights).sum())(logits)
+    want = jax.grad(lambda x: (textbook(x) * weights).sum())(logits)
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(got, want, atol=1e-5)

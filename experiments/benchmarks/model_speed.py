@@ -130,17 +130,19 @@ def dpo(path, tok, args, pairs=8, prompt_len=128, response_len=128, rank=16, ste
     prompt_j, mask_j = jnp.asarray(prompt), jnp.ones((pairs, prompt_len), jnp.int32)
     resp_j, resp_mask = jnp.asarray(responses), jnp.ones((2, pairs, response_len), jnp.int32)
 
-    def loss_fn(adapters):
-        logp = shared_prompt_logprobs(model, merge_lora(params, adapters, cfg), prompt_j, mask_j, resp_j, resp_mask)
+    def loss_fn(adapters, frozen):
+        logp = shared_prompt_logprobs(model, merge_lora(frozen, adapters, cfg), prompt_j, mask_j, resp_j, resp_mask)
         return dpo_loss(logp.total[:pairs], logp.total[pairs:], 0.0, 0.0, 0.1).mean()
 
+    # the frozen weights are an argument, as in the training loop: closed over, they would
+    # be baked into the program as constants (and constant-folded at compile time)
     step = jax.jit(jax.value_and_grad(loss_fn))
     t0 = time.perf_counter()
-    jax.block_until_ready(step(lora))
+    jax.block_until_ready(step(lora, params))
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        jax.block_until_ready(step(lora))
+        jax.block_until_ready(step(lora, params))
     ours = (time.perf_counter() - t0) / steps
     print(f"rmbandit DPO forward+backward: {ours:.2f} s/step (compile + first step {first:.1f} s)")
     print(f"ratio PyTorch / rmbandit: {theirs / ours:.2f}x")

@@ -19,16 +19,30 @@ class LogProbs(NamedTuple):
     length: Array          # [B] number of response tokens
 
 
-def token_logprobs(logits: Array, input_ids: Array, response_mask: Array) -> LogProbs:
-    """Log-probs of the tokens marked by ``response_mask`` [B, T] (1 on response tokens,
-    0 on prompt and padding), from logits [B, T, V] of the same sequences."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
-    mask = response_mask[:, 1:].astype(jnp.float32)
+def picked_logprobs(logits: Array, targets: Array) -> Array:
+    """log softmax(logits)[target] for logits [..., V] and targets [...], as the target's
+    logit minus the log-sum-exp: the [..., V] log-softmax is never materialised, and
+    the shift is held out of the gradient (it cancels), which halves the backward's
+    passes over the vocabulary."""
+    logits = logits.astype(jnp.float32)
+    shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    log_norm = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift[..., 0]
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_norm
+
+
+def _masked(picked: Array, mask: Array) -> LogProbs:
+    mask = mask.astype(jnp.float32)
     per_token = picked * mask
     length = mask.sum(-1)
     total = per_token.sum(-1)
     return LogProbs(per_token, total, total / jnp.maximum(length, 1.0), length)
+
+
+def token_logprobs(logits: Array, input_ids: Array, response_mask: Array) -> LogProbs:
+    """Log-probs of the tokens marked by ``response_mask`` [B, T] (1 on response tokens,
+    0 on prompt and padding), from logits [B, T, V] of the same sequences."""
+    picked = picked_logprobs(logits, jnp.roll(input_ids, -1, axis=1))[:, :-1]     # slice the picks, not the logits
+    return _masked(picked, response_mask[:, 1:])
 
 
 def sequence_logprobs(model, params, input_ids: Array, attention_mask: Array, response_mask: Array) -> LogProbs:
@@ -68,15 +82,15 @@ def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array,
     k, n, r = response_ids.shape
     cache = init_cache(model.config, n, prompt_ids.shape[1] + r, model.dtype)
     first_logits, cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=cache, last_only=True)
-    cache = jax.tree.map(lambda x: jnp.concatenate([x] * k, axis=0) if x.ndim else x, cache)
+    cache = jax.tree.map(lambda x: jnp.concatenate([x] * k, axis=0) if jnp.ndim(x) else x, cache)
     ids, mask = response_ids.reshape(k * n, r), response_mask.reshape(k * n, r)
     logits, _ = model.apply({"params": params}, ids, mask, cache=cache)
-    logits = jnp.concatenate([jnp.concatenate([first_logits] * k, axis=0), logits[:, :-1]], axis=1)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    per_token = jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0] * mask
-    length = mask.sum(-1).astype(jnp.float32)
-    total = per_token.sum(-1)
-    return LogProbs(per_token, total, total / jnp.maximum(length, 1.0), length)
+    # pick before concatenating: [k N, R] log-probs, not a copy of [k N, R, V] logits
+    first = picked_logprobs(jnp.concatenate([first_logits[:, -1]] * k, axis=0), ids[:, 0])
+    # every position's logits with the next token as target (the last one's is a dummy),
+    # sliced after picking: slicing [k N, R, V] logits would copy all of them
+    rest = picked_logprobs(logits, jnp.roll(ids, -1, axis=1))[:, :-1]
+    return _masked(jnp.concatenate([first[:, None], rest], axis=1), mask)
 
 
 def classifier_scores(model, params, input_ids: Array, attention_mask: Array) -> Array:

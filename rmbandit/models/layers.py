@@ -88,8 +88,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, bias, cache=None, index=None):
-        """With ``cache`` = (k, v) [B, S, KV, D], this step's keys and values are written at
-        ``index`` and the queries attend over all S slots (``bias`` masks the empty ones)."""
+        """With ``cache`` = (keys [B, KV, D, S], values [B, KV, S, D]), this step's keys and
+        values are written at slot ``index`` and the queries attend over all S slots
+        (``bias`` masks the empty ones)."""
         cfg = self.config
         b, t, _ = x.shape
         heads, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -105,16 +106,53 @@ class Attention(nn.Module):
             k = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="k_norm")(k)
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        # the cache's layouts: keys [B, KV, D, T] (the query-key product is then a plain
+        # [G, D] x [D, S] matmul per kv head: 1.7x faster decode attention on XLA:CPU than
+        # contracting D on both sides), values [B, KV, T, D]; a decode step reads the cache
+        # as it lies instead of transposing all of it
+        k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
-        q = q.reshape(b, t, kv, heads // kv, hd)                      # group query heads per kv head
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, 0, index))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, index, 0))
         scale = cfg.query_scale if cfg.query_scale is not None else 1.0 / math.sqrt(hd)
-        logits = softcap(jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) * scale, cfg.attn_softcap)
-        logits = logits + bias[:, :, None]
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, heads * hd)
+        # the queries' first sequence slot, where it is known at trace time: keys after a
+        # query block's last slot are masked for every row, so they are never computed
+        query_slot = 0 if cache is None else index if isinstance(index, int) else None
+        out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot).reshape(b, t, heads * hd)
         return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out), (k, v)
+
+
+QUERY_BLOCK = 64       # causal key skipping per query block; 64 was fastest at T=256 on XLA:CPU
+
+
+def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, cap: float | None,
+                      query_slot: int | None = None, block: int | None = None) -> Array:
+    """Grouped-query attention: q [B, T, H, D], keys [B, KV, D, S], values [B, KV, S, D],
+    additive ``bias`` [B, 1, T, S]; returns [B, T, H, D].
+
+    Each kv head's G = H / KV query heads are stacked into the rows of one matmul (no
+    repeated keys). With ``query_slot`` (a static int: the sequence slot of query 0, so
+    the bias is causal from there) queries run in blocks of ``block`` and each block sees
+    only the keys up to its last slot: the masked upper triangle is skipped, not computed
+    and thrown away (about half the work of a full causal forward). Without it, every
+    query sees all S keys (a decode step at a traced cache index)."""
+    b, t, heads, hd = q.shape
+    kv, s = k.shape[1], k.shape[3]
+    block = block or QUERY_BLOCK
+    g = heads // kv
+    qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4)          # [B, KV, G, T, D]
+    starts = range(0, t, block) if query_slot is not None else (0,)
+    outs = []
+    for q0 in starts:
+        q1 = t if query_slot is None else min(q0 + block, t)
+        keys = s if query_slot is None else min(query_slot + q1, s)
+        rows = qh[:, :, :, q0:q1].reshape(b, kv, g * (q1 - q0), hd)
+        logits = jnp.einsum("bkmd,bkds->bkms", rows, k[..., :keys]).astype(jnp.float32) * scale
+        logits = softcap(logits, cap).reshape(b, kv, g, q1 - q0, keys) + bias[:, :, None, q0:q1, :keys]
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kv, g * (q1 - q0), keys)
+        outs.append(jnp.einsum("bkms,bksd->bkmd", probs, v[:, :, :keys]).reshape(b, kv, g, q1 - q0, hd))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, heads, hd)
 
 
 class MLP(nn.Module):
@@ -134,16 +172,19 @@ class MLP(nn.Module):
 class KVCache(NamedTuple):
     """Decode state: keys/values of every layer, which slots hold real tokens, the next
     slot to write and each row's next RoPE position."""
-    k: tuple               # L arrays [B, S, KV, D]: one buffer per layer, so a decode step
-    v: tuple               # writes its token in place instead of copying a stacked cache
+    k: tuple               # L arrays [B, KV, D, S]: one buffer per layer, so a decode step
+    v: tuple               # L arrays [B, KV, S, D]; writes its token in place instead of copying a stacked cache
     mask: Array            # [B, S] bool
-    index: Array           # int32: next slot
+    index: Array | int     # next slot: a static int at trace time, an int32 array in a loop
     positions: Array       # [B] int32
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    """An empty cache. Its ``index`` is the Python int 0 and stays an int through calls
+    made at trace time (prefill, a shared prompt), so attention skips the empty slots;
+    a decode loop carries it as an int32 array."""
+    values = (batch, config.num_kv_heads, length, config.head_dim)
+    keys = (batch, config.num_kv_heads, config.head_dim, length)
     layers = range(config.num_layers)
-    return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers),
-                   jnp.zeros((batch, length), bool),
-                   jnp.zeros((), jnp.int32), jnp.zeros((batch,), jnp.int32))
+    return KVCache(tuple(jnp.zeros(keys, dtype) for _ in layers), tuple(jnp.zeros(values, dtype) for _ in layers),
+                   jnp.zeros((batch, length), bool), 0, jnp.zeros((batch,), jnp.int32))

@@ -52,7 +52,8 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
     # position onto the vocabulary, then copy the cache for the samples
     cache = init_cache(model.config, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens, model.dtype)
     logits, cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=cache, last_only=True)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0) if x.ndim else x, cache)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0) if jnp.ndim(x) else x, cache)
+    cache = cache._replace(index=jnp.int32(cache.index))       # a loop carries the slot as an array
     logits = jnp.repeat(logits, num_samples, axis=0)
     rows = logits.shape[0]
     row_keys = jax.random.split(key, rows)                  # one stream per sample
