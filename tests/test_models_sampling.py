@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rmbandit.models import load_pretrained
-from rmbandit.models.sampling import bucket, filter_logits, generate
+from rmbandit.models.sampling import bucket, decode_chunks, filter_logits, generate, inverse_cdf
 from tests.test_models_parity import _batch, _save_tiny
 
 torch = pytest.importorskip("torch")
@@ -26,12 +26,17 @@ def test_greedy_generation_is_token_identical_to_transformers(tmp_path, name):
     assert np.asarray(got.mask).all()
 
 
-def test_cached_decode_equals_full_forward_logprobs(tmp_path):
-    _save_tiny(tmp_path, "qwen2_qkv_bias")
+@pytest.mark.parametrize("name, chunks", [("qwen2_qkv_bias", 1), ("qwen2_qkv_bias", 3),
+                                          ("mistral_sliding_window", 2), ("gemma2_softcap_alternating_window", 2)])
+def test_cached_decode_equals_full_forward_logprobs(tmp_path, name, chunks):
+    """Samples attend to their prompt as a shared prefix, in decode chunks whose caches
+    grow: the sampler's log-probs equal a full forward over prompt + sample.  Windows of
+    4 slots cross from the samples into the 8-slot prompt."""
+    _save_tiny(tmp_path, name)
     model, params = load_pretrained(tmp_path)
     ids, mask = _batch(seed=4, t=8)          # every prompt has real tokens
     out = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(1),
-                   max_new_tokens=5, num_samples=2, temperature=0.8)
+                   max_new_tokens=10, num_samples=2, temperature=0.8, chunks=chunks)
     full_ids = np.concatenate([np.repeat(ids, 2, 0), np.asarray(out.tokens)], 1)
     full_mask = np.concatenate([np.repeat(mask, 2, 0), np.asarray(out.mask)], 1)
     logits = model.apply({"params": params}, jnp.asarray(full_ids), jnp.asarray(full_mask))
@@ -83,3 +88,40 @@ def test_sampled_tokens_follow_the_model_distribution(tmp_path):
     assert np.abs(np.cumsum(freq) - np.cumsum(want)).max() < 0.031
     uniform = np.full_like(want, 1 / want.size)
     assert np.abs(np.cumsum(uniform) - np.cumsum(want)).max() > 0.1     # a wrong sampler would fail
+
+
+def test_decode_chunks_cover_the_new_tokens():
+    assert decode_chunks(128, 4) == [32, 64, 96, 128]
+    assert decode_chunks(10, 3) == [8, 10]
+    assert decode_chunks(5, 4) == [5]
+    assert decode_chunks(128, 1) == [128]
+
+
+def test_chunked_greedy_decode_equals_one_loop(tmp_path):
+    _save_tiny(tmp_path, "llama_gqa_llama3_rope")
+    model, params = load_pretrained(tmp_path)
+    ids, mask = _batch(seed=7, t=6)
+    runs = [generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), max_new_tokens=20,
+                     num_samples=2, temperature=0.0, chunks=c) for c in (1, 3)]
+    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
+    np.testing.assert_allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab, block", [(1000, 64), (4096, 256), (7, 4)])
+def test_inverse_cdf_matches_numpy_search(vocab, block):
+    """The two-level search returns what np.searchsorted on the whole cumulative sum does
+    (the first index whose running total exceeds u * total), never a zero-weight entry,
+    including draws next to block edges and a vocabulary that is no multiple of the block."""
+    rng = np.random.default_rng(vocab)
+    weights = rng.exponential(size=(64, vocab)).astype(np.float32)
+    weights[rng.random(weights.shape) < 0.3] = 0.0
+    weights[:, 0] = 0.0                                       # u = 0 must not pick a zero weight
+    cdf = np.cumsum(weights.astype(np.float64), -1)
+    u = rng.random(64).astype(np.float32)
+    u[:4] = [0.0, np.nextafter(np.float32(1), np.float32(0)), *(cdf[2:4, block - 1] / cdf[2:4, -1])]
+    got = np.asarray(inverse_cdf(jnp.asarray(weights), jnp.asarray(u), block=block))
+    want = np.array([np.searchsorted(c, x * c[-1], side="right") for c, x in zip(cdf, u.astype(np.float64))])
+    # float32 and float64 running totals may disagree on a draw next to an edge: then the
+    # entry on the other side of the edge (or of a run of zero weights) is drawn
+    assert (got == want).mean() >= 60 / 64
+    assert (weights[np.arange(64), got] > 0).all()

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rmbandit.models.layers import init_cache
+from rmbandit.models.layers import continue_prompts, init_cache
 
 Array = jax.Array
 
@@ -73,24 +73,27 @@ def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array,
 
     prompt_ids [N, P] left-padded; response_ids [k, N, R] right-padded (k = 2: chosen and
     rejected).  The prompt fills a KV cache (only its last position is projected onto the
-    vocabulary: it predicts the first response token), the cache is copied for the k
-    responses, and the responses attend to it: N P + k N R token positions instead of
-    k N (P + R), and vocabulary logits only where a response token is predicted.
-    Differentiable end to end (the DPO step takes gradients through it).
-    Returns LogProbs with a leading [k * N] axis (response-major).
+    vocabulary: it predicts the first response token) that becomes the responses' shared
+    prefix (``layers.SharedPrefix``): N P + k N R token positions instead of k N (P + R),
+    the prompt's keys read once for its k responses, and vocabulary logits only where a
+    response token is predicted.  Differentiable end to end (the DPO step takes gradients
+    through it).  Returns LogProbs with a leading [k * N] axis (response-major).
     """
     k, n, r = response_ids.shape
-    cache = init_cache(model.config, n, prompt_ids.shape[1] + r, model.dtype)
+    cache = init_cache(model.config, n, prompt_ids.shape[1], model.dtype)
     first_logits, cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=cache, last_only=True)
-    cache = jax.tree.map(lambda x: jnp.concatenate([x] * k, axis=0) if jnp.ndim(x) else x, cache)
-    ids, mask = response_ids.reshape(k * n, r), response_mask.reshape(k * n, r)
-    logits, _ = model.apply({"params": params}, ids, mask, cache=cache)
+    # rows prompt-major (row i * k + j: response j of prompt i), as the shared prefix wants
+    ids = response_ids.transpose(1, 0, 2).reshape(n * k, r)
+    mask = response_mask.transpose(1, 0, 2).reshape(n * k, r)
+    logits, _ = model.apply({"params": params}, ids, mask, cache=continue_prompts(cache, k, r))
     # pick before concatenating: [k N, R] log-probs, not a copy of [k N, R, V] logits
-    first = picked_logprobs(jnp.concatenate([first_logits[:, -1]] * k, axis=0), ids[:, 0])
+    first = picked_logprobs(jnp.repeat(first_logits[:, -1], k, axis=0), ids[:, 0])
     # every position's logits with the next token as target (the last one's is a dummy),
     # sliced after picking: slicing [k N, R, V] logits would copy all of them
     rest = picked_logprobs(logits, jnp.roll(ids, -1, axis=1))[:, :-1]
-    return _masked(jnp.concatenate([first[:, None], rest], axis=1), mask)
+    picked = jnp.concatenate([first[:, None], rest], axis=1)
+    back = lambda x: x.reshape(n, k, r).transpose(1, 0, 2).reshape(k * n, r)      # response-major again
+    return _masked(back(picked), back(mask))
 
 
 def classifier_scores(model, params, input_ids: Array, attention_mask: Array) -> Array:

@@ -25,13 +25,14 @@ class Gemma2Block(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, bias, cache=None, index=None):
+    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
         cfg = self.config
 
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name=name)
 
-        h, kv = Attention(cfg, self.dtype, name="self_attn")(norm("input_layernorm")(x), positions, bias, cache, index)
+        h, kv = Attention(cfg, self.dtype, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
+                                                             index, prefix)
         x = x + norm("post_attention_layernorm")(h)
         h = MLP(cfg, self.dtype, name="mlp")(norm("pre_feedforward_layernorm")(x))
         return x + norm("post_feedforward_layernorm")(h), kv

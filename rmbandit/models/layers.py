@@ -66,10 +66,16 @@ def rope_frequencies(config: ModelConfig) -> Array:
     return inv
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """x [B, T, H, D], positions [B, T]; the rotate-half convention of the HF checkpoints."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq          # [B, T, D/2]
-    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+def rope_tables(config: ModelConfig, positions: Array) -> tuple[Array, Array]:
+    """cos and sin of the rotary angles [B, T, D / 2] for ``positions`` [B, T]: computed
+    once per forward and shared by every layer."""
+    angles = positions[..., None].astype(jnp.float32) * rope_frequencies(config)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, rope: tuple[Array, Array]) -> Array:
+    """x [B, T, H, D] rotated by ``rope_tables``; the rotate-half convention of the HF checkpoints."""
+    cos, sin = (table[:, :, None] for table in rope)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
@@ -87,10 +93,12 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, bias, cache=None, index=None):
-        """With ``cache`` = (keys [B, KV, D, S], values [B, KV, S, D]), this step's keys and
+    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
+        """``rope``: ``rope_tables`` of the tokens' positions. With ``cache`` = (keys [B, KV, D, S], values [B, KV, S, D]), this step's keys and
         values are written at slot ``index`` and the queries attend over all S slots
-        (``bias`` masks the empty ones)."""
+        (``bias`` masks the empty ones).  With ``prefix`` = (keys [Bp, KV, D, P], values
+        [Bp, KV, P, D], bias [Bp, 1, T, P]) the queries also attend to a prompt shared by
+        each group of B / Bp consecutive rows (see ``SharedPrefix``)."""
         cfg = self.config
         b, t, _ = x.shape
         heads, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -104,8 +112,7 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="k_norm")(k)
-        inv_freq = rope_frequencies(cfg)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         # the cache's layouts: keys [B, KV, D, T] (the query-key product is then a plain
         # [G, D] x [D, S] matmul per kv head: 1.7x faster decode attention on XLA:CPU than
         # contracting D on both sides), values [B, KV, T, D]; a decode step reads the cache
@@ -118,7 +125,8 @@ class Attention(nn.Module):
         # the queries' first sequence slot, where it is known at trace time: keys after a
         # query block's last slot are masked for every row, so they are never computed
         query_slot = 0 if cache is None else index if isinstance(index, int) else None
-        out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot).reshape(b, t, heads * hd)
+        out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot, prefix=prefix)
+        out = out.reshape(b, t, heads * hd)
         return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out), (k, v)
 
 
@@ -126,7 +134,7 @@ QUERY_BLOCK = 64       # causal key skipping per query block; 64 was fastest at 
 
 
 def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, cap: float | None,
-                      query_slot: int | None = None, block: int | None = None) -> Array:
+                      query_slot: int | None = None, block: int | None = None, prefix=None) -> Array:
     """Grouped-query attention: q [B, T, H, D], keys [B, KV, D, S], values [B, KV, S, D],
     additive ``bias`` [B, 1, T, S]; returns [B, T, H, D].
 
@@ -135,24 +143,64 @@ def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, c
     the bias is causal from there) queries run in blocks of ``block`` and each block sees
     only the keys up to its last slot: the masked upper triangle is skipped, not computed
     and thrown away (about half the work of a full causal forward). Without it, every
-    query sees all S keys (a decode step at a traced cache index)."""
+    query sees all S keys (a decode step at a traced cache index).
+
+    ``prefix`` = (keys [Bp, KV, D, P], values [Bp, KV, P, D], bias [Bp, 1, T, P]): keys
+    every query sees before its own, shared by groups of n = B / Bp consecutive rows (the
+    samples of one prompt, or a chosen and a rejected response). The n rows' queries go
+    through the shared keys together, in one matmul per prompt and kv head, so the
+    prompt's keys are read once for all its samples; the two softmax parts are merged by
+    their log-sum-exp."""
     b, t, heads, hd = q.shape
     kv, s = k.shape[1], k.shape[3]
     block = block or QUERY_BLOCK
     g = heads // kv
     qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4)          # [B, KV, G, T, D]
     starts = range(0, t, block) if query_slot is not None else (0,)
-    outs = []
+    parts = []
     for q0 in starts:
         q1 = t if query_slot is None else min(q0 + block, t)
         keys = s if query_slot is None else min(query_slot + q1, s)
         rows = qh[:, :, :, q0:q1].reshape(b, kv, g * (q1 - q0), hd)
-        logits = jnp.einsum("bkmd,bkds->bkms", rows, k[..., :keys]).astype(jnp.float32) * scale
-        logits = softcap(logits, cap).reshape(b, kv, g, q1 - q0, keys) + bias[:, :, None, q0:q1, :keys]
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kv, g * (q1 - q0), keys)
-        outs.append(jnp.einsum("bkms,bksd->bkmd", probs, v[:, :, :keys]).reshape(b, kv, g, q1 - q0, hd))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, heads, hd)
+        parts.append(_partial_attention(rows, k[..., :keys], v[:, :, :keys], bias[:, :, None, q0:q1, :keys],
+                                        (b, kv, g, q1 - q0), scale, cap))
+    out, top, total = parts[0] if len(parts) == 1 else (jnp.concatenate(x, axis=3) for x in zip(*parts))
+    if prefix is not None:
+        pk, pv, pbias = prefix
+        n = b // pk.shape[0]
+        shared_rows = qh.reshape(b // n, n, kv, g, t, hd).transpose(0, 2, 1, 3, 4, 5)     # [Bp, KV, n, G, T, D]
+        shared = _partial_attention(shared_rows.reshape(b // n, kv, n * g * t, hd), pk, pv,
+                                    pbias[:, :, None, None], (b // n, kv, n, g, t), scale, cap)
+        # back to one row per sample: [Bp, KV, n, G, T, .] -> [B, KV, G, T, .]
+        shared = [x.transpose(0, 2, 1, 3, 4, 5).reshape(b, kv, g, t, -1) for x in shared]
+        out, top, total = _merge_partials((out, top, total), shared)
+    out = out / total
+    return out.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, heads, hd)
+
+
+def _partial_attention(rows: Array, k: Array, v: Array, bias: Array, shape: tuple, scale: float,
+                       cap: float | None):
+    """Softmax attention of ``rows`` [..., M, D] over keys [..., D, S] and values [..., S, D],
+    left unnormalised so that parts over different keys can be merged: returns (sum of
+    exp(logit - max) v, max, sum of exp(logit - max)), each reshaped to ``shape`` + (D or 1,).
+    ``bias`` broadcasts against the logits reshaped to ``shape`` + (S,). The max is held
+    out of the gradient: the result does not depend on it."""
+    logits = jnp.einsum("...md,...ds->...ms", rows, k).astype(jnp.float32) * scale
+    logits = softcap(logits, cap).reshape(*shape, k.shape[-1]) + bias
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.exp(logits - top)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    out = jnp.einsum("...ms,...sd->...md", weights.astype(v.dtype).reshape(*rows.shape[:-1], -1), v)
+    return out.astype(jnp.float32).reshape(*shape, v.shape[-1]), top, total
+
+
+def _merge_partials(a, b):
+    """Two unnormalised softmax parts over disjoint keys -> one (a part whose keys are all
+    masked has max ~ float32 min, so its weight is exp(-huge) = 0)."""
+    (out_a, top_a, total_a), (out_b, top_b, total_b) = a, b
+    top = jnp.maximum(top_a, top_b)
+    wa, wb = jnp.exp(top_a - top), jnp.exp(top_b - top)
+    return out_a * wa + out_b * wb, top, total_a * wa + total_b * wb
 
 
 class MLP(nn.Module):
@@ -169,14 +217,25 @@ class MLP(nn.Module):
         return dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(hidden)
 
 
+class SharedPrefix(NamedTuple):
+    """Keys/values of prompts that groups of consecutive cache rows continue (the n samples
+    of a prompt, a chosen and a rejected response): stored once per prompt and attended
+    once per prompt and kv head for all of its rows, instead of copied n times."""
+    k: tuple               # L arrays [Bp, KV, D, P]
+    v: tuple               # L arrays [Bp, KV, P, D]
+    mask: Array            # [Bp, P] bool: which prompt slots hold real tokens
+
+
 class KVCache(NamedTuple):
     """Decode state: keys/values of every layer, which slots hold real tokens, the next
-    slot to write and each row's next RoPE position."""
+    slot to write and each row's next RoPE position; optionally a ``SharedPrefix`` whose
+    slots come before slot 0."""
     k: tuple               # L arrays [B, KV, D, S]: one buffer per layer, so a decode step
     v: tuple               # L arrays [B, KV, S, D]; writes its token in place instead of copying a stacked cache
     mask: Array            # [B, S] bool
     index: Array | int     # next slot: a static int at trace time, an int32 array in a loop
     positions: Array       # [B] int32
+    prefix: SharedPrefix | None = None
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
@@ -188,3 +247,19 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype=jnp.float32) 
     layers = range(config.num_layers)
     return KVCache(tuple(jnp.zeros(keys, dtype) for _ in layers), tuple(jnp.zeros(values, dtype) for _ in layers),
                    jnp.zeros((batch, length), bool), 0, jnp.zeros((batch,), jnp.int32))
+
+
+def continue_prompts(prompt_cache: KVCache, rows_per_prompt: int, length: int) -> KVCache:
+    """An empty cache of ``length`` slots for ``rows_per_prompt`` continuations of each
+    prompt in a filled ``prompt_cache`` (row i * n + j continues prompt i), which becomes
+    their shared prefix; positions go on from each prompt's own length."""
+    if prompt_cache.prefix is not None:
+        raise ValueError("the prompt cache already continues a shared prefix")
+    prompts, kv, hd = prompt_cache.k[0].shape[0], prompt_cache.k[0].shape[1], prompt_cache.k[0].shape[2]
+    rows = prompts * rows_per_prompt
+    dtype = prompt_cache.k[0].dtype
+    layers = range(len(prompt_cache.k))
+    return KVCache(tuple(jnp.zeros((rows, kv, hd, length), dtype) for _ in layers),
+                   tuple(jnp.zeros((rows, kv, length, hd), dtype) for _ in layers),
+                   jnp.zeros((rows, length), bool), 0, jnp.repeat(prompt_cache.positions, rows_per_prompt),
+                   SharedPrefix(prompt_cache.k, prompt_cache.v, prompt_cache.mask))

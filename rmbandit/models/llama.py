@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.config import ModelConfig
-from rmbandit.models.layers import MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense, softcap
+from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense, rope_tables,
+                                    softcap)
 
 
 class LlamaBlock(nn.Module):
@@ -23,11 +24,11 @@ class LlamaBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, bias, cache=None, index=None):
+    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
         cfg = self.config
         h, kv = Attention(cfg, self.dtype, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="input_layernorm")(x),
-            positions, bias, cache, index)
+            rope, bias, cache, index, prefix)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="post_attention_layernorm")(x)
         return x + MLP(cfg, self.dtype, name="mlp")(h), kv
@@ -41,7 +42,10 @@ class LlamaModel(nn.Module):
     hidden states [B, T, D] instead (embeddings, reward heads).  With ``cache`` (see
     ``init_cache``) the call appends the tokens to the cache and returns
     (logits, new cache): prefill with the prompt, then decode one token at a time.
-    ``last_only=True`` projects only the last position onto the vocabulary."""
+    ``last_only=True`` projects only the last position onto the vocabulary.  ``rope``:
+    the ``rope_tables`` of the tokens' positions, if the caller has them (a decode loop
+    computes every step's before the loop: XLA:CPU fuses cos and sin into each layer's
+    consumers and evaluates them per element of q and k, a twentieth of a decode step)."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -49,7 +53,7 @@ class LlamaModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None,
-                 last_only=False):
+                 last_only=False, rope: tuple[jax.Array, jax.Array] | None = None):
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -66,8 +70,17 @@ class LlamaModel(nn.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.mask, valid, (0, cache.index))
             query_index = jnp.broadcast_to(cache.index + jnp.arange(t), input_ids.shape)
             key_index = jnp.broadcast_to(jnp.arange(key_valid.shape[1]), key_valid.shape)
+        rope = rope_tables(cfg, positions) if rope is None else rope
         windows = cfg.layer_windows or (cfg.sliding_window,) * cfg.num_layers
         biases = {w: attention_bias(query_index, key_index, key_valid, w) for w in set(windows)}
+        prefix = None if cache is None else cache.prefix
+        if prefix is not None:
+            # a shared prompt's slots come before slot 0; masks compare sequence slots, so
+            # queries count on from the prompt's width (the same for every row of a prompt)
+            width = prefix.mask.shape[1]
+            prompt_query = jnp.broadcast_to(width + cache.index + jnp.arange(t), (prefix.mask.shape[0], t))
+            prompt_key = jnp.broadcast_to(jnp.arange(width), prefix.mask.shape)
+            prefix_biases = {w: attention_bias(prompt_query, prompt_key, prefix.mask, w) for w in set(windows)}
         embed = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                        ("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), self.dtype)
@@ -77,8 +90,9 @@ class LlamaModel(nn.Module):
         cache_k, cache_v = [], []
         for i in range(cfg.num_layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix_biases[windows[i]])
             x, (k, v) = self.block_class(cfg, self.dtype, name=f"layers_{i}")(
-                x, positions, biases[windows[i]], layer_cache, None if cache is None else cache.index)
+                x, rope, biases[windows[i]], layer_cache, None if cache is None else cache.index, layer_prefix)
             x = nn.with_logical_constraint(x, RESIDUAL)
             cache_k.append(k)
             cache_v.append(v)
@@ -99,4 +113,4 @@ class LlamaModel(nn.Module):
         if cache is None:
             return out
         return out, KVCache(tuple(cache_k), tuple(cache_v), key_valid, cache.index + t,
-                            cache.positions + valid.sum(-1).astype(jnp.int32))
+                            cache.positions + valid.sum(-1).astype(jnp.int32), prefix)
