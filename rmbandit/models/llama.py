@@ -42,10 +42,7 @@ class LlamaModel(nn.Module):
     hidden states [B, T, D] instead (embeddings, reward heads).  With ``cache`` (see
     ``init_cache``) the call appends the tokens to the cache and returns
     (logits, new cache): prefill with the prompt, then decode one token at a time.
-    ``last_only=True`` projects only the last position onto the vocabulary.  ``rope``:
-    the ``rope_tables`` of the tokens' positions, if the caller has them (a decode loop
-    computes every step's before the loop: XLA:CPU fuses cos and sin into each layer's
-    consumers and evaluates them per element of q and k, a twentieth of a decode step)."""
+    ``last_only=True`` projects only the last position onto the vocabulary."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -53,7 +50,7 @@ class LlamaModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None,
-                 last_only=False, rope: tuple[jax.Array, jax.Array] | None = None):
+                 last_only=False):
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -70,7 +67,9 @@ class LlamaModel(nn.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.mask, valid, (0, cache.index))
             query_index = jnp.broadcast_to(cache.index + jnp.arange(t), input_ids.shape)
             key_index = jnp.broadcast_to(jnp.arange(key_valid.shape[1]), key_valid.shape)
-        rope = rope_tables(cfg, positions) if rope is None else rope
+        # positions stay below the sequence length, or below the cache's slots + its prefix's
+        bound = t if cache is None else key_valid.shape[1] + (0 if cache.prefix is None else cache.prefix.mask.shape[1])
+        rope = rope_tables(cfg, positions, bound)
         windows = cfg.layer_windows or (cfg.sliding_window,) * cfg.num_layers
         biases = {w: attention_bias(query_index, key_index, key_valid, w) for w in set(windows)}
         prefix = None if cache is None else cache.prefix

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rmbandit.models.layers import continue_prompts, init_cache, rope_tables
+from rmbandit.models.layers import continue_prompts, init_cache
 
 Array = jax.Array
 
@@ -114,9 +114,6 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
     logits = jnp.repeat(logits, num_samples, axis=0)
     rows = logits.shape[0]
     row_keys = jax.random.split(key, rows)                  # one stream per sample
-    # every step's RoPE tables at once (a finished row's position stops, but its outputs
-    # are never used), sliced per step inside the loop
-    cos, sin = rope_tables(model.config, cache.positions[:, None] + jnp.arange(max_new_tokens))
 
     def pick(logits, step):
         # log p(token) under the model at temperature 1: the token's logit minus the log-sum-exp
@@ -146,9 +143,7 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
         out_mask = out_mask.at[:, step].set(live)
         out_logp = out_logp.at[:, step].set(jnp.where(live, logp, 0.0))
         done = done | (live & jnp.isin(token, jnp.asarray(eos_ids, jnp.int32))) if eos_ids else done
-        rope = tuple(jax.lax.dynamic_slice_in_dim(table, step, 1, axis=1) for table in (cos, sin))
-        logits, cache = model.apply({"params": params}, token[:, None], live[:, None].astype(jnp.int32), cache=cache,
-                                    rope=rope)
+        logits, cache = model.apply({"params": params}, token[:, None], live[:, None].astype(jnp.int32), cache=cache)
         return step + 1, logits[:, -1], cache, done, tokens, out_mask, out_logp
 
     carry = (jnp.int32(0), logits[:, -1], cache, jnp.zeros((rows,), bool),
