@@ -3,7 +3,7 @@ dequantised to float32), rmbandit vs transformers + PyTorch:
 
 1. sampling: 16 prompts x 4 samples x 128 new tokens, tokens/s (compile apart);
 2. DPO: forward + backward of the DPO loss with LoRA (q/v, rank 16) on 8 pairs x 256 tokens
-   (prompt 128 + response 128), seconds per step (compile apart).
+   (prompt 128 + response 128), median seconds per step of 3 (compile apart).
 
     python experiments/benchmarks/model_speed.py [--part sampling|dpo|all]
 
@@ -75,7 +75,13 @@ def sampling(path, tok, args):
               "jax": jax.__version__, "torch": torch.__version__}
 
 
-def dpo(path, tok, args, pairs=8, prompt_len=128, response_len=128, rank=16, steps=2):
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def dpo(path, tok, args, pairs=8, prompt_len=128, response_len=128, rank=16, steps=3):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -117,10 +123,7 @@ def dpo(path, tok, args, pairs=8, prompt_len=128, response_len=128, rank=16, ste
         return float(loss)
 
     torch_step()                                            # warm-up
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        torch_step()
-    theirs = (time.perf_counter() - t0) / steps
+    theirs = float(np.median([_timed(torch_step) for _ in range(steps)]))
     print(f"PyTorch DPO forward+backward (LoRA q/v r{rank}, {pairs} pairs x {prompt_len + response_len}): {theirs:.2f} s/step")
 
     # rmbandit: prompt once, logits only at response positions, gradients only for LoRA
@@ -140,10 +143,7 @@ def dpo(path, tok, args, pairs=8, prompt_len=128, response_len=128, rank=16, ste
     t0 = time.perf_counter()
     jax.block_until_ready(step(lora, params))
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        jax.block_until_ready(step(lora, params))
-    ours = (time.perf_counter() - t0) / steps
+    ours = float(np.median([_timed(lambda: jax.block_until_ready(step(lora, params))) for _ in range(steps)]))
     print(f"rmbandit DPO forward+backward: {ours:.2f} s/step (compile + first step {first:.1f} s)")
     print(f"ratio PyTorch / rmbandit: {theirs / ours:.2f}x")
     return {"torch_s_per_step": theirs, "rmbandit_s_per_step": ours, "rmbandit_compile_and_first_s": first,

@@ -103,9 +103,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
-        """``rope``: ``rope_tables`` of the tokens' positions. With ``cache`` = (keys [B, KV, D, S], values [B, KV, S, D]), this step's keys and
-        values are written at slot ``index`` and the queries attend over all S slots
-        (``bias`` masks the empty ones).  With ``prefix`` = (keys [Bp, KV, D, P], values
+        """``rope``: ``rope_tables`` of the tokens' positions.  With ``cache`` = (keys
+        [B, KV, D, S], values [B, KV, S, D]), this step's keys and values are written at
+        slot ``index`` and the queries attend over all S slots (``bias`` masks the empty
+        ones).  With ``prefix`` = (keys [Bp, KV, D, P], values
         [Bp, KV, P, D], bias [Bp, 1, T, P]) the queries also attend to a prompt shared by
         each group of B / Bp consecutive rows (see ``SharedPrefix``)."""
         cfg = self.config
