@@ -22,8 +22,8 @@ class LogProbs(NamedTuple):
 def picked_logprobs(logits: Array, targets: Array) -> Array:
     """log softmax(logits)[target] for logits [..., V] and targets [...], as the target's
     logit minus the log-sum-exp: the [..., V] log-softmax is never materialised, and
-    the shift is held out of the gradient (it cancels), which halves the backward's
-    passes over the vocabulary."""
+    the shift is held out of the gradient (it cancels), so autodiff does not go back
+    through the max."""
     logits = logits.astype(jnp.float32)
     shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     log_norm = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift[..., 0]

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rmbandit.models.layers import continue_prompts, init_cache
+from rmbandit.models.layers import continue_prompts, grow_cache, init_cache
 
 Array = jax.Array
 
@@ -82,14 +82,6 @@ def decode_chunks(max_new_tokens: int, chunks: int, multiple: int = 8) -> list[i
     return list(range(size, max_new_tokens, size)) + [max_new_tokens]
 
 
-def _grow(cache, length: int):
-    """The cache with its (per-sample) slots padded to ``length``."""
-    extra = length - cache.mask.shape[1]
-    return cache._replace(k=tuple(jnp.pad(k, ((0, 0),) * 3 + ((0, extra),)) for k in cache.k),
-                          v=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))) for v in cache.v),
-                          mask=jnp.pad(cache.mask, ((0, 0), (0, extra))))
-
-
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_samples", "temperature",
                                              "top_k", "top_p", "eos_ids", "pad_id", "chunks"))
 def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *, max_new_tokens: int,
@@ -151,7 +143,7 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
              jnp.zeros((rows, max_new_tokens), jnp.float32))
     for i, end in enumerate(ends):
         if i:
-            carry = carry[:2] + (_grow(carry[2], end),) + carry[3:]
+            carry = carry[:2] + (grow_cache(carry[2], end),) + carry[3:]
         carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[3]), body, carry)
     _, _, _, _, tokens, out_mask, out_logp = carry
     return Samples(tokens, out_mask.astype(jnp.int32), out_logp)
