@@ -125,3 +125,12 @@ def test_inverse_cdf_matches_numpy_search(vocab, block):
     # entry on the other side of the edge (or of a run of zero weights) is drawn
     assert (got == want).mean() >= 60 / 64
     assert (weights[np.arange(64), got] > 0).all()
+
+
+def test_inverse_cdf_draw_on_a_block_edge_goes_to_the_next_entry():
+    """With equal integer weights the running totals are exact: u * total landing exactly
+    on the end of a block must draw the first entry of the next block (the total must be
+    exceeded, not reached), as np.searchsorted(side="right") does."""
+    weights = jnp.ones((4, 1024), jnp.float32)
+    u = jnp.asarray([0.0, 0.25, 0.5, 0.75], jnp.float32)
+    np.testing.assert_array_equal(inverse_cdf(weights, u, block=256), [0, 256, 512, 768])
