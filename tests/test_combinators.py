@@ -61,7 +61,7 @@ def test_add_arm_keeps_old_arms_and_starts_new_one_fresh():
     for a, b in zip(old, new):
         np.testing.assert_array_equal(b[:3], a)
     np.testing.assert_allclose(new.cov_sqrt[3], np.eye(4))
-    np.testing.assert_array_equal(new.info[3], 0.0)
+    np.testing.assert_array_equal(new.mean[3], 0.0)
     np.testing.assert_array_equal(grown.history, state.history)
     assert bandits.num_arms(grown) == 4
     x = rng.normal(size=(2, 4)).astype(np.float32)
@@ -120,7 +120,7 @@ def test_discount_linear_decays_precision_toward_prior():
         ref.A = gamma * ref.A + (1 - gamma) * a0
         ref.b = gamma * ref.b + (1 - gamma) * b0
     np.testing.assert_allclose(bandits.covariance(state.inner), ref.cov(), rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(state.inner.arms.info, ref.b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bandits.posterior_mean(state.inner.arms), ref.mean(), rtol=1e-4, atol=1e-5)
 
 
 def test_discount_every_n_and_score_states():

@@ -29,7 +29,6 @@ def test_linucb_matches_reference_step_by_step(rows):
         ref.update(contexts.astype(np.float64), np.asarray(arms), rewards)
         pulls += np.bincount(np.asarray(arms), minlength=k)
     np.testing.assert_allclose(bandits.covariance(state), ref.cov(), atol=1e-5)
-    np.testing.assert_allclose(state.arms.info, ref.b, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(bandits.posterior_mean(state.arms), ref.mean(), rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(state.arms.pulls, pulls)
 
@@ -37,10 +36,10 @@ def test_linucb_matches_reference_step_by_step(rows):
 def test_linucb_random_b_is_the_prior_mean():
     bandit = bandits.linucb(init_b="random")
     state = bandit.init(jax.random.key(3), 3, 16)
-    assert float(jnp.abs(state.arms.info).sum()) > 0
-    np.testing.assert_allclose(bandits.posterior_mean(state.arms), state.arms.info, rtol=1e-6)
+    assert float(jnp.abs(state.arms.mean).sum()) > 0
+    np.testing.assert_allclose(bandits.posterior_mean(state.arms), state.arms.prior_mean, rtol=1e-6)
     zero = bandits.linucb(init_b="zero").init(jax.random.key(3), 3, 16)
-    assert float(jnp.abs(zero.arms.info).max()) == 0.0
+    assert float(jnp.abs(zero.arms.mean).max()) == 0.0
 
 
 @pytest.mark.parametrize("rows", [1, 33])
@@ -101,31 +100,60 @@ def test_potter_block_equals_rank_one_sequence():
     d = 12
     rng = np.random.default_rng(2)
     r = jnp.asarray(np.linalg.qr(rng.normal(size=(d, d)))[0] * 2, jnp.float32)
+    mu = jnp.asarray(rng.normal(size=d), jnp.float32)
     x = jnp.asarray(rng.normal(size=(5, d)), jnp.float32)
-    block = linear.sqrt_update(r, x)
-    seq = r
-    for row in x:
-        seq = linear.sqrt_update(seq, row[None])
+    y = jnp.asarray(rng.normal(size=5), jnp.float32)
+    block, block_mu, finite = linear.sqrt_update(r, mu, x, y)
+    assert bool(finite)
+    seq, seq_mu = r, mu
+    for row, target in zip(x, y):
+        seq, seq_mu, _ = linear.sqrt_update(seq, seq_mu, row[None], target[None])
     np.testing.assert_allclose(block.T @ block, seq.T @ seq, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(block_mu, seq_mu, rtol=1e-4, atol=1e-5)
     sigma = np.asarray(r.T @ r, np.float64)
-    xx = np.asarray(x, np.float64)
-    want = np.linalg.inv(np.linalg.inv(sigma) + xx.T @ xx)
-    np.testing.assert_allclose(block.T @ block, want, rtol=1e-4, atol=1e-5)
+    xx, yy = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    precision = np.linalg.inv(sigma) + xx.T @ xx
+    np.testing.assert_allclose(block.T @ block, np.linalg.inv(precision), rtol=1e-4, atol=1e-5)
+    want_mu = np.linalg.solve(precision, np.linalg.solve(sigma, np.asarray(mu, np.float64)) + xx.T @ yy)
+    np.testing.assert_allclose(block_mu, want_mu, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_rows_change_nothing():
+    """Tile padding: zero rows with zero rewards leave R and mu bit for bit."""
+    d = 6
+    rng = np.random.default_rng(5)
+    r = jnp.asarray(rng.normal(size=(d, d)), jnp.float32)
+    mu = jnp.asarray(rng.normal(size=d), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, d)), jnp.float32)
+    padded = jnp.concatenate([x, jnp.zeros((3, d), jnp.float32)])
+    targets = jnp.asarray([0.5, -1.0], jnp.float32)
+    one = linear.sqrt_update(r, mu, x, targets)
+    two = linear.sqrt_update(r, mu, padded, jnp.concatenate([targets, jnp.zeros(3, jnp.float32)]))
+    np.testing.assert_allclose(one[0].T @ one[0], two[0].T @ two[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one[1], two[1], rtol=1e-5, atol=1e-6)
+    none = linear.sqrt_update(r, mu, jnp.zeros((4, d), jnp.float32), jnp.zeros(4, jnp.float32))
+    np.testing.assert_array_equal(none[0], r)
+    np.testing.assert_array_equal(none[1], mu)
 
 
 def test_single_row_path_equals_tiled_path():
     k, d = 3, 8
     rng = np.random.default_rng(4)
     r = jnp.asarray(rng.normal(size=(k, d, d)), jnp.float32)
+    mu = jnp.asarray(rng.normal(size=(k, d)), jnp.float32)
     x = jnp.asarray(rng.normal(size=(1, d)), jnp.float32)
+    y = jnp.asarray([0.7], jnp.float32)
     for arm in range(k):
-        one = linear.single_row_sqrt_update(r, x[0], jnp.int32(arm), jnp.bool_(True))
-        tiled = linear.grouped_sqrt_update(r, x, jnp.array([arm]), jnp.array([True]), 1)
+        one, one_mu, _ = linear.single_row_sqrt_update(r, mu, x[0], y[0], jnp.int32(arm), jnp.bool_(True))
+        tiled, tiled_mu, _ = linear.grouped_sqrt_update(r, mu, x, y, jnp.array([arm]), jnp.array([True]), 1)
         np.testing.assert_allclose(one, tiled, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(one_mu, tiled_mu, rtol=1e-5, atol=1e-5)
         untouched = np.array([j for j in range(k) if j != arm])
         np.testing.assert_array_equal(one[untouched], r[untouched])
-    skipped = linear.single_row_sqrt_update(r, x[0], jnp.int32(1), jnp.bool_(False))
+        np.testing.assert_array_equal(one_mu[untouched], mu[untouched])
+    skipped, skipped_mu, _ = linear.single_row_sqrt_update(r, mu, x[0], y[0], jnp.int32(1), jnp.bool_(False))
     np.testing.assert_array_equal(skipped, r)
+    np.testing.assert_array_equal(skipped_mu, mu)
 
 
 def test_float32_long_run_stays_accurate_where_sherman_morrison_fails():
@@ -137,7 +165,7 @@ def test_float32_long_run_stays_accurate_where_sherman_morrison_fails():
     xs = ((rng.normal(size=(steps, d)) @ basis.T + rng.normal(size=d) * 5) * 3).astype(np.float32)
 
     def potter(r, x):
-        return linear.sqrt_update(r, x[None]), None
+        return linear.sqrt_update(r, jnp.zeros(d, jnp.float32), x[None], jnp.zeros(1, jnp.float32))[0], None
 
     r, _ = jax.lax.scan(potter, jnp.eye(d, dtype=jnp.float32), jnp.asarray(xs))
     sigma = np.asarray(r, np.float64).T @ np.asarray(r, np.float64)

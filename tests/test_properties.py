@@ -49,7 +49,7 @@ def test_covariance_stays_spd_and_finite_over_long_float32_runs(seed, scale, row
         return bandit.update(state, *inputs), None
 
     state, _ = jax.lax.scan(step, bandit.init(jax.random.key(0), k, d), (x, arms, rewards))
-    assert np.isfinite(np.asarray(state.arms.cov_sqrt)).all() and np.isfinite(np.asarray(state.arms.info)).all()
+    assert np.isfinite(np.asarray(state.arms.cov_sqrt)).all() and np.isfinite(np.asarray(state.arms.mean)).all()
     cov = np.asarray(bandits.covariance(state), np.float64)
     np.testing.assert_allclose(cov, np.swapaxes(cov, 1, 2), rtol=1e-5, atol=1e-12 + 1e-6 * np.abs(cov).max())
     for c in cov:

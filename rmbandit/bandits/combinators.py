@@ -6,13 +6,14 @@ so BayesianRouter's "centre on the batch, then rescale by quantiles" is
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rmbandit.bandits import base, linear, simple
+from rmbandit.bandits import base
+from rmbandit.bandits.base import forget
+from rmbandit.bandits.linear import set_prior
 
 Array = jax.Array
 
@@ -44,6 +45,11 @@ def quantile_rescale(bandit: base.Bandit, low: float = 0.2, high: float = 0.8,
     call's rewards join the history, as in LASeR); invalid rows (non-finite reward,
     arm out of range) pass through untouched for the inner bandit to reject or skip,
     and never enter the history."""
+    base.check_number("low", low, low=0, high=1)
+    base.check_number("high", high, low=0, high=1)
+    if not low < high:
+        raise ValueError(f"quantile_rescale needs low < high, got low={low}, high={high}")
+    base.check_number("history", history, low=1, integer=True)
 
     def init(key, num_arms, dim):
         return RescaledState(bandit.init(key, num_arms, dim),
@@ -86,6 +92,7 @@ class CostState(NamedTuple):
 def cost_aware(bandit: base.Bandit, weight: float) -> base.Bandit:
     """Learn from reward - weight * cost[arm], so a cheaper RM wins when rewards tie.
     Costs start at 0; set them with ``set_costs`` (new arms also start at 0)."""
+    base.check_number("weight", weight, low=0)
 
     def init(key, num_arms, dim):
         return CostState(bandit.init(key, num_arms, dim), CostArms(jnp.zeros((num_arms,), jnp.float32)))
@@ -107,16 +114,8 @@ def set_costs(state: CostState, costs) -> CostState:
 
 # ---------------------------------------------------------------- arms and priors
 
-def _concat_arms(old, fresh):
-    """Concatenate per-arm leaves (fields named 'arms'); recurse into wrappers."""
-    if not hasattr(old, "_fields"):
-        return old
-    fields = {}
-    for name in old._fields:
-        a, b = getattr(old, name), getattr(fresh, name)
-        fields[name] = (jax.tree.map(lambda x, y: jnp.concatenate([x, y.astype(x.dtype)]), a, b)
-                        if name == "arms" else _concat_arms(a, b))
-    return type(old)(**fields)
+def _is_per_arm(path) -> bool:
+    return any(getattr(key, "name", None) == "arms" for key in path)
 
 
 def add_arm(bandit: base.Bandit, state, key: Array, dim: int, num_new: int = 1):
@@ -130,52 +129,9 @@ def add_arm(bandit: base.Bandit, state, key: Array, dim: int, num_new: int = 1):
         if old_leaf.shape[1:] != new_leaf.shape[1:] and old_leaf.ndim > 1:
             raise ValueError(f"dim={dim} does not match the state's context width "
                              f"(leaf shapes {old_leaf.shape} vs {new_leaf.shape})")
-    return _concat_arms(state, fresh)
-
-
-def _replace_linear(state, fn):
-    """Apply fn to the LinearState inside any wrappers."""
-    if isinstance(state, linear.LinearState):
-        return fn(state)
-    if "inner" in getattr(state, "_fields", ()):
-        return state._replace(inner=_replace_linear(state.inner, fn))
-    raise TypeError(f"{type(state).__name__} holds no linear-Gaussian arms (LinUCB / linear_thompson)")
-
-
-def set_prior(state, mean=None, cov=None, arms=None):
-    """Restart arms (all, or the indices in ``arms``) from the prior N(mean, cov).
-
-    ``mean``: [d] or [n, d] (default 0).  ``cov``: a scalar or [n] for an isotropic
-    prior (BayesianRouter: sigma_w^2 = 0.02), or [d, d] / [n, d, d] for a full one.
-    Forgetting (``discount``) decays toward the isotropic part: for a full cov that is
-    trace(cov)/d.  Statistics learned by the restarted arms are discarded."""
-
-    def apply(s: linear.LinearState):
-        k, d = s.arms.info.shape
-        idx = jnp.arange(k) if arms is None else jnp.atleast_1d(jnp.asarray(arms))
-        if int(jnp.max(idx)) >= k or int(jnp.min(idx)) < 0:
-            raise ValueError(f"arms {idx.tolist()} out of range for {k} arms")
-        n = idx.shape[0]
-        mu = jnp.broadcast_to(jnp.zeros(d) if mean is None else jnp.asarray(mean, jnp.float32), (n, d))
-        c = jnp.asarray(1.0 if cov is None else cov, jnp.float32)
-        if c.ndim <= 1:
-            var = jnp.broadcast_to(c, (n,))
-            sqrt = jnp.sqrt(var)[:, None, None] * jnp.eye(d)
-            info = mu / var[:, None]
-        else:
-            full = jnp.broadcast_to(c, (n, d, d))
-            chol = jnp.linalg.cholesky(full)
-            if not bool(jnp.all(jnp.isfinite(chol))):
-                raise ValueError("prior covariance is not symmetric positive definite")
-            sqrt = jnp.swapaxes(chol, 1, 2)                 # Sigma = L L^T = R^T R with R = L^T
-            info = jnp.linalg.solve(full, mu[..., None])[..., 0]
-            var = jnp.trace(full, axis1=1, axis2=2) / d
-        a = s.arms
-        return s._replace(arms=a._replace(
-            cov_sqrt=a.cov_sqrt.at[idx].set(sqrt), info=a.info.at[idx].set(info),
-            prior_mean=a.prior_mean.at[idx].set(mu), prior_var=a.prior_var.at[idx].set(var)))
-
-    return _replace_linear(state, apply)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, old, new: jnp.concatenate([old, new.astype(old.dtype)]) if _is_per_arm(path) else old,
+        state, fresh)
 
 
 def with_prior(bandit: base.Bandit, mean=None, cov=None) -> base.Bandit:
@@ -201,37 +157,6 @@ def from_state(bandit: base.Bandit, trained) -> base.Bandit:
 
 # ---------------------------------------------------------------- forgetting
 
-@functools.singledispatch
-def forget(state, gamma):
-    """Discount past evidence by gamma in (0, 1]; register new state types with
-    ``@forget.register``.  Wrappers forward to their inner state."""
-    if "inner" in getattr(state, "_fields", ()):
-        return state._replace(inner=forget(state.inner, gamma))
-    raise TypeError(f"no forgetting rule for {type(state).__name__}; register one with @forget.register")
-
-
-@forget.register
-def _(state: linear.LinearState, gamma):
-    """Decay the precision toward the prior: A' = gamma A + (1 - gamma) A(0),
-    b' = gamma b + (1 - gamma) b(0) (exact, O(d^3) per arm through an SVD of R)."""
-
-    def one(r, info, mean0, var0):
-        _, sv, vt = jnp.linalg.svd(r, full_matrices=False)       # Sigma = V diag(sv^2) V^T
-        var = sv * sv
-        decayed = var * var0 / (gamma * var0 + (1.0 - gamma) * var)   # 1 / (gamma/var + (1-gamma)/var0)
-        return jnp.sqrt(decayed)[:, None] * vt, gamma * info + (1.0 - gamma) * mean0 / var0
-
-    a = state.arms
-    r, info = jax.vmap(one)(a.cov_sqrt, a.info, a.prior_mean, a.prior_var)
-    return state._replace(arms=a._replace(cov_sqrt=r, info=info))
-
-
-@forget.register
-def _(state: simple.ScoreState, gamma):
-    a = state.arms
-    return state._replace(arms=a._replace(score=gamma * a.score, weight=gamma * a.weight))
-
-
 class DiscountState(NamedTuple):
     inner: base.State
     updates: Array         # int32 number of update calls
@@ -241,8 +166,8 @@ def discount(bandit: base.Bandit, gamma: float, every: int = 1) -> base.Bandit:
     """Forget for non-stationary rewards (the policy drifts during training): every
     ``every`` updates that pull an arm, apply ``forget`` with gamma**every, so evidence
     from t updates ago weighs about gamma**t.  ``every`` > 1 amortises LinUCB/TS's O(K d^3) decay."""
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    base.check_number("gamma", gamma, low=0, low_open=True, high=1)
+    base.check_number("every", every, low=1, integer=True)
 
     def init(key, num_arms, dim):
         return DiscountState(bandit.init(key, num_arms, dim), jnp.zeros((), jnp.int32))

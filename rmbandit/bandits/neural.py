@@ -50,7 +50,7 @@ def mlp(params: dict, x: Array) -> Array:
     """Scalar prediction for one context x [d]."""
     layers = len(params) // 2
     for i in range(layers):
-        x = x @ params[f"w{i}"] + params[f"b{i}"]
+        x = base.matmul(x, params[f"w{i}"]) + params[f"b{i}"]
         if i < layers - 1:
             x = jax.nn.relu(x)
     return x[0]
@@ -71,8 +71,18 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
                weight_decay: float = 1e-3, chunk: int = 8) -> base.Bandit:
     """NeuralUCB; ``scores`` are the UCBs, ``chunk`` rows are differentiated at once
     (memory K * chunk * P floats)."""
+    if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty tuple of positive layer widths, got {hidden!r}")
+    base.check_number("alpha", alpha, low=0)
+    base.check_number("reg", reg, low=0, low_open=True)
+    base.check_number("learning_rate", learning_rate, low=0, low_open=True)
+    base.check_number("train_steps", train_steps, low=0, integer=True)
+    base.check_number("buffer_size", buffer_size, low=1, integer=True)
+    base.check_number("weight_decay", weight_decay, low=0)
+    base.check_number("chunk", chunk, low=1, integer=True)
 
     def init(key, num_arms, dim):
+        num_arms, dim = base.check_shape_args(num_arms, dim)
         params = jax.vmap(lambda k: init_mlp(k, (dim, *hidden, 1)))(jax.random.split(key, num_arms))
         return NeuralState(
             arms=NeuralArms(
@@ -89,7 +99,7 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
         contexts = base.check_contexts(contexts, a.buffer_x.shape[2]).astype(jnp.float32)
         ucb, _ = jax.vmap(_ucb_one_arm, in_axes=(0, 0, None, None, None))(
             a.params, a.z_diag, contexts, alpha, chunk)
-        return jnp.argmax(ucb.T, axis=-1).astype(jnp.int32), ucb.T
+        return base.argmax_finite(ucb.T), ucb.T
 
     def train_arm(params, init_params, xs, rs, count, pulled):
         n = jnp.minimum(count, buffer_size)
@@ -116,7 +126,7 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
         safe_arm = jnp.clip(arms, 0, k - 1)
         row_params = jax.tree.map(lambda p: p[safe_arm], a.params)
         grads = jax.vmap(jax.grad(mlp))(row_params, jnp.where(valid[:, None], contexts, 0.0))
-        z_diag = jax.tree.map(lambda z, g: z + jnp.einsum("bk,b...->k...", onehot, g * g), a.z_diag, grads)
+        z_diag = jax.tree.map(lambda z, g: z + base.einsum("bk,b...->k...", onehot, g * g), a.z_diag, grads)
         # ring-buffer slot of each row: the arm's pull count plus its rank among this call's rows
         rank = jnp.sum(jnp.cumsum(onehot, axis=0) * onehot, axis=1).astype(jnp.int32) - 1
         slot = (a.pulls[safe_arm] + rank) % h
@@ -125,8 +135,9 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
         buffer_r = a.buffer_r.at[row_arm, slot].set(rewards.astype(jnp.float32), mode="drop")
         pulls = a.pulls + jnp.sum(onehot, 0).astype(jnp.int32)
         params = jax.vmap(train_arm)(a.params, a.init_params, buffer_x, buffer_r, pulls, pulls > a.pulls)
-        return NeuralState(
+        new = NeuralState(
             arms=a._replace(params=params, z_diag=z_diag, buffer_x=buffer_x, buffer_r=buffer_r, pulls=pulls),
             skipped=base.count_skipped(state.skipped, valid))
+        return base.reject_non_finite(state, new, arms, valid)
 
     return base.Bandit(init, select, update)

@@ -29,9 +29,16 @@ class ScoreState(NamedTuple):
 
 def _init(key, num_arms, dim):
     del key
+    num_arms, dim = base.check_shape_args(num_arms, dim)
     return ScoreState(ScoreArms(jnp.zeros((num_arms,), jnp.float32), jnp.zeros((num_arms,), jnp.float32),
                                 jnp.zeros((num_arms,), jnp.int32)),
                       jnp.zeros((), jnp.int32), jnp.zeros((dim,), jnp.float32), jnp.zeros((), jnp.int32))
+
+
+@base.forget.register
+def _(state: ScoreState, gamma):
+    a = state.arms
+    return state._replace(arms=a._replace(score=gamma * a.score, weight=gamma * a.weight))
 
 
 def _rows(state: ScoreState, contexts) -> int:
@@ -50,13 +57,14 @@ def _accumulate(state: ScoreState, contexts, arms, rewards, gain) -> ScoreState:
     seen = jnp.sum(a.pulls) + jnp.sum(valid)
     safe_x = jnp.where(valid[:, None], contexts, 0.0).astype(jnp.float32)
     context_mean = state.context_mean + (jnp.sum(safe_x, 0) - jnp.sum(valid) * state.context_mean) / jnp.maximum(seen, 1)
-    return state._replace(
-        arms=ScoreArms(a.score + onehot.T @ gain(safe_r, jnp.clip(arms, 0, k - 1)),
+    new = state._replace(
+        arms=ScoreArms(a.score + base.matmul(onehot.T, gain(safe_r, jnp.clip(arms, 0, k - 1))),
                        a.weight + jnp.sum(onehot, 0),
                        a.pulls + jnp.sum(onehot, 0).astype(jnp.int32)),
         position=state.position + contexts.shape[0],
         context_mean=context_mean,
         skipped=base.count_skipped(state.skipped, valid))
+    return base.reject_non_finite(state, new, arms, valid)
 
 
 def _sample(probs: Array, rows: int, key: Array) -> Array:
@@ -69,6 +77,8 @@ def exp3(gamma: float = 0.1, learning_rate: float = 1.0) -> base.Bandit:
     Rewards are expected in [0, 1] (wrap with ``quantile_rescale``).
     ``scores`` are the probabilities p, the same for every row.
     """
+    base.check_number("gamma", gamma, low=0, low_open=True, high=1)
+    base.check_number("learning_rate", learning_rate, low=0, low_open=True)
 
     def probs(state):
         k = state.arms.score.shape[0]
@@ -91,6 +101,7 @@ def epsilon_greedy(epsilon: float = 0.1) -> base.Bandit:
     per row, with probability epsilon a uniform arm, else the best mean (untried
     arms have mean 0).  ``scores`` are the means.
     """
+    base.check_number("epsilon", epsilon, low=0, high=1)
 
     def select(state, contexts, key):
         rows = _rows(state, contexts)
@@ -99,7 +110,7 @@ def epsilon_greedy(epsilon: float = 0.1) -> base.Bandit:
         explore_key, arm_key = jax.random.split(key)
         explore = jax.random.uniform(explore_key, (rows,)) < epsilon
         random_arms = jax.random.randint(arm_key, (rows,), 0, k, jnp.int32)
-        arms = jnp.where(explore, random_arms, jnp.argmax(means).astype(jnp.int32))
+        arms = jnp.where(explore, random_arms, base.argmax_finite(means))
         return arms, jnp.broadcast_to(means, (rows, k))
 
     def update(state, contexts, arms, rewards):
@@ -147,6 +158,7 @@ def multiplicative_weights(learning_rate: float = 0.1) -> base.Bandit:
     update with one row per RM (arms = arange(K)); ``scores`` are the normalised
     weights (the ensemble's mixing weights) and ``select`` samples from them.
     """
+    base.check_number("learning_rate", learning_rate, low=0, low_open=True)
 
     def select(state, contexts, key):
         rows = _rows(state, contexts)
