@@ -130,3 +130,19 @@ def test_highest_float32_gives_the_same_logits_on_cpu():
     fast, _, _, _ = _model("gemma2", jnp.float32, precision=DEFAULT)
     np.testing.assert_allclose(model.apply({"params": params}, ids, mask), fast.apply({"params": params}, ids, mask),
                                rtol=0, atol=1e-6)
+
+
+def test_highest_compiles_to_the_same_cpu_program():
+    """XLA:CPU computes float32 dots in float32 at any precision: the compiled forward is the
+    default one but for the precision attributes, so HIGHEST costs nothing on CPU."""
+    import re
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("a statement about XLA:CPU")
+    programs = []
+    for precision in ("auto", DEFAULT):
+        model, params, ids, mask = _model("llama", jnp.float32, precision)
+        text = jax.jit(lambda p: model.apply({"params": p}, ids, mask)).lower(params).compile().as_text()
+        assert ("operand_precision={highest,highest}" in text) == (precision == "auto")
+        programs.append(re.sub(r", operand_precision=\{[^}]*\}|metadata=\{[^}]*\}", "", text))
+    assert programs[0] == programs[1]
