@@ -57,3 +57,18 @@ def tiny_checkpoint(tmp_path):
         return save_tiny(directory, case, num_labels), directory
 
     return make
+
+
+@pytest.fixture
+def tiny_bert_checkpoint(tmp_path):
+    """``make(cls="BertModel", subdir="bert", **config)`` saves a tiny random transformers
+    BERT under tmp_path and returns (the torch model, its directory)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.torch_oracle import save_tiny_bert
+
+    def make(cls="BertModel", subdir="bert", **extra):
+        directory = tmp_path / subdir
+        return save_tiny_bert(directory, cls, **extra), directory
+
+    return make

@@ -50,6 +50,21 @@ def save_tiny(directory, name, num_labels=None):
     return save_perturbed(model, directory, lambda n: n.endswith("norm.weight") or n.endswith(".bias"))
 
 
+BERT_TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=40, type_vocab_size=2)
+
+
+def save_tiny_bert(directory, cls="BertModel", **extra):
+    """A tiny random transformers BERT (``cls``: BertModel, BertForMaskedLM, ...) saved to
+    ``directory`` with LayerNorms and biases nudged; returns the model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(transformers.BertConfig(**{**BERT_TINY, **extra})).eval()
+    return save_perturbed(model, directory, lambda n: "LayerNorm" in n or n.endswith(".bias"))
+
+
 def padded_batch(seed=0, b=3, t=11, vocab=97):
     """Token ids [b, t] and attention mask, rows 1 and 2 left-padded by 3 and 6."""
     rng = np.random.default_rng(seed)
