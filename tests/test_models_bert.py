@@ -22,7 +22,6 @@ from rmbandit.models.bert import (
 from tests.torch_oracle import BERT_TINY
 
 
-
 def _batch(seed=0, b=3, t=11, vocab=97):
     rng = np.random.default_rng(seed)
     ids = rng.integers(3, vocab, size=(b, t))

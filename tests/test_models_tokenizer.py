@@ -75,3 +75,8 @@ def test_special_token_outside_the_vocabulary(smollm2):
 
     with pytest.raises(ValueError, match="its eos token id 60000 is outside the model's vocabulary of 49152"):
         check_tokenizer(dataclasses.replace(config, eos_token_id=None), Shifted())
+
+
+def test_load_tokenizer_of_a_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.gguf does not exist; pass the checkpoint directory"):
+        load_tokenizer(tmp_path / "missing.gguf")

@@ -12,6 +12,9 @@ def load_tokenizer(path, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
     path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass the checkpoint directory or .gguf file whose "
+                                "tokenizer to load")
     if path.suffix == ".gguf":
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     else:
