@@ -59,6 +59,8 @@ def test_special_tokens_must_be_the_configs(smollm2):
     with pytest.raises(ValueError, match=r"its bos token id is 1 \('<\|im_start\|>'\) but the model's config says 5"):
         check_tokenizer(dataclasses.replace(config, bos_token_id=5), tokenizer)
     check_tokenizer(dataclasses.replace(config, eos_token_id=(0, 2)), tokenizer)     # one of several eos ids
+    # SmolLM2 pads with its eos token: a config's other pad id is no evidence against it
+    check_tokenizer(dataclasses.replace(config, pad_token_id=0), tokenizer)
     check_tokenizer(dataclasses.replace(config, bos_token_id=None, eos_token_id=None), tokenizer)   # not named
 
 
@@ -80,3 +82,9 @@ def test_special_token_outside_the_vocabulary(smollm2):
 def test_load_tokenizer_of_a_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.gguf does not exist; pass the checkpoint directory"):
         load_tokenizer(tmp_path / "missing.gguf")
+
+
+def test_dedicated_pad_token_must_be_the_configs(minilm):
+    config, tokenizer = minilm                   # [PAD] = 0, as the BERT config says
+    with pytest.raises(ValueError, match=r"its pad token id is 0 \('\[PAD\]'\) but the model's config says 5"):
+        check_tokenizer(dataclasses.replace(config, pad_token_id=5), tokenizer)

@@ -78,7 +78,7 @@ class ModelConfig:
             raise ValueError(f"unsupported RoPE type {rope_type!r}; supported: {SUPPORTED_ROPE}")
         heads = ints["num_attention_heads"]
         window = None
-        if features.get("sliding_window"):
+        if features.get("uniform_window"):
             window = raw.get("sliding_window")
         elif raw.get("use_sliding_window") and raw.get("sliding_window"):
             raise ValueError(f"use_sliding_window=True is not supported for {model_type}")

@@ -40,7 +40,7 @@ def hf_config_dict(config: ModelConfig) -> dict:
     }
     if config.num_labels:
         out["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
-    if features.get("sliding_window"):
+    if features.get("uniform_window"):
         out["sliding_window"] = config.sliding_window
     if features.get("gemma"):
         windows = [w for w in config.layer_windows if w is not None]

@@ -2,7 +2,8 @@
 (incl. ``llama3`` / ``linear`` scaling), the causal / padding / sliding-window mask,
 grouped-query attention with an optional KV cache and soft-capping, the gated MLP, and the
 decode cache.  Parameters carry logical axis names (``rmbandit.parallel`` maps them to mesh
-axes); Dense kernels are [in, out] and keep the HF checkpoints' names.
+axes); Dense kernels are [in, out] and keep the HF checkpoints' names.  Every matmul takes
+the model's ``precision`` (``resolve_precision``: HIGHEST for float32 parameters).
 """
 from __future__ import annotations
 

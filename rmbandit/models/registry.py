@@ -29,7 +29,10 @@ class Family:
     model_type: str                        # HF config.json ``model_type``
     decoder: type                          # the Flax module
     hf_prefix: str                         # transformers class stem: Llama -> LlamaForCausalLM
-    features: Mapping = dataclasses.field(default_factory=dict)   # ModelConfig options the type implies
+    # what the type implies for ModelConfig: attention_bias / qk_norm defaults, uniform_window
+    # (config.json's sliding_window applies to every layer), gemma (Gemma 2's norms, scalings,
+    # soft-caps), hidden_act (the activation where config.json names none)
+    features: Mapping = dataclasses.field(default_factory=dict)
     gguf_architecture: str | None = None   # GGUF ``general.architecture``; None: not read from GGUF
     gguf_block: Mapping = dataclasses.field(default_factory=dict)  # GGUF block tensor -> HF module
     gguf_permuted_qk: bool = False         # llama.cpp permuted q/k rows for its interleaved RoPE
@@ -42,7 +45,7 @@ class Family:
 FAMILIES = {f.model_type: f for f in (
     Family("llama", LlamaModel, "Llama", gguf_architecture="llama", gguf_block=LLAMA_GGUF_BLOCK,
            gguf_permuted_qk=True),
-    Family("mistral", LlamaModel, "Mistral", {"sliding_window": True}),
+    Family("mistral", LlamaModel, "Mistral", {"uniform_window": True}),
     Family("qwen2", LlamaModel, "Qwen2", {"attention_bias": True}, gguf_architecture="qwen2",
            gguf_block=LLAMA_GGUF_BLOCK),
     Family("qwen3", LlamaModel, "Qwen3", {"qk_norm": True}, gguf_architecture="qwen3", gguf_block=LLAMA_GGUF_BLOCK),

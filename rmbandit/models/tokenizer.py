@@ -39,10 +39,10 @@ def check_tokenizer(config, tokenizer, model_name: str | None = None) -> None:
 
     Wrong either way: ids beyond the model's vocabulary (a bigger tokenizer); a vocabulary
     much bigger than the tokenizer (beyond ``spare_rows_allowed``: a smaller tokenizer);
-    a special token (bos, eos, pad, unk) outside the vocabulary; a bos or eos token other
-    than the one the config names (eos: one of them).  The pad id is not compared with the
-    config's: padding is masked, so it changes no result, and configs often name another
-    one than their tokenizer (``load_tokenizer`` pads with eos where a tokenizer has no pad)."""
+    a special token (bos, eos, pad, unk) outside the vocabulary; a bos, eos or pad token
+    other than the one the config names (eos: one of them).  A pad token that is the eos
+    token is not compared: ``load_tokenizer`` pads with eos where a tokenizer has none, and
+    padding is masked, so it changes no result."""
     vocab, tokens = config.vocab_size, len(tokenizer)
     problems = []
     if tokens > vocab:
@@ -54,9 +54,11 @@ def check_tokenizer(config, tokenizer, model_name: str | None = None) -> None:
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
         if token_id is not None and not 0 <= token_id < vocab:
             problems.append(f"its {kind} token id {token_id} is outside the model's vocabulary of {vocab}")
-    for kind in ("bos", "eos"):
+    for kind in ("bos", "eos", "pad"):
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
         named = getattr(config, f"{kind}_token_id", None)
+        if kind == "pad" and token_id == getattr(tokenizer, "eos_token_id", None):
+            continue
         allowed = named if isinstance(named, (tuple, list)) else (named,)
         if token_id is not None and named is not None and token_id not in allowed:
             problems.append(f"its {kind} token id is {token_id} ({getattr(tokenizer, f'{kind}_token', None)!r}) "
