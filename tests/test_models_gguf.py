@@ -268,3 +268,24 @@ def test_truncated_smollm2_gguf_is_named_with_the_fix(smollm2_gguf, tmp_path, me
     cut.write_bytes(prefix)
     with pytest.raises(ValueError, match="SmolLM2-135M-Instruct.Q4_1.gguf .* is truncated or corrupt"):
         load_pretrained(cut)
+
+
+def test_gguf_without_model_metadata_names_the_keys(tmp_path):
+    path = tmp_path / "bare.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_embedding_length(64)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match=r"bare.gguf lacks the metadata \['llama.attention.head_count', "
+                                         r"'llama.feed_forward_length'\]; convert the checkpoint to GGUF again"):
+        load_pretrained(path)
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match=r"unsupported GGUF architecture 'gpt2'; rmbandit.models reads \['llama'"):
+        load_pretrained(path)
