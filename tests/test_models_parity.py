@@ -7,53 +7,20 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from rmbandit.models import Gemma2Model, LlamaModel, ModelConfig, load_pretrained  # noqa: E402
-from tests.torch_oracle import save_perturbed  # noqa: E402
-
-TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2)
-CASES = {
-    "llama_gqa_llama3_rope": ("LlamaConfig", dict(rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16}, rope_theta=500000.0)),
-    "llama_tied_mha": ("LlamaConfig", dict(num_key_value_heads=4, tie_word_embeddings=True)),
-    "mistral_sliding_window": ("MistralConfig", dict(sliding_window=4)),
-    "qwen2_qkv_bias": ("Qwen2Config", dict(tie_word_embeddings=True)),
-    "qwen3_qk_norm": ("Qwen3Config", dict(head_dim=16)),
-    "gemma2_softcap_alternating_window": ("Gemma2Config", dict(head_dim=8, sliding_window=4,
-                                                               attn_logit_softcapping=2.0,
-                                                               final_logit_softcapping=3.0)),
-}
-
-
-def _save_tiny(tmp_path, name):
-    cls, extra = CASES[name]
-    torch.manual_seed(0)
-    config = getattr(transformers, cls)(**{**TINY, **extra})
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    return save_perturbed(model, tmp_path, lambda n: n.endswith("norm.weight") or n.endswith(".bias"))
-
-
-def _batch(seed=0, b=3, t=11, vocab=97):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, vocab, size=(b, t))
-    mask = np.ones((b, t), np.int64)
-    mask[1, :3] = 0                    # left padding
-    mask[2, :6] = 0
-    ids[mask == 0] = 0
-    return ids, mask
+from tests.torch_oracle import CASES, TINY, hf_logits, padded_batch  # noqa: E402
+# tests/test_training_losses.py imports these two names from here
+from tests.torch_oracle import padded_batch as _batch  # noqa: E402,F401
+from tests.torch_oracle import save_tiny as _save_tiny  # noqa: E402,F401
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_float32_logits_match_transformers(tmp_path, name):
-    hf = _save_tiny(tmp_path, name)
-    model, params = load_pretrained(tmp_path, dtype=jnp.float32)
+def test_float32_logits_match_transformers(tiny_checkpoint, name):
+    hf, path = tiny_checkpoint(name)
+    model, params = load_pretrained(path, dtype=jnp.float32)
     assert type(model) is (Gemma2Model if name.startswith("gemma2") else LlamaModel)
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
-    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    with torch.no_grad():
-        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                  position_ids=torch.tensor(positions)).logits.numpy()
+    want = hf_logits(hf, ids, mask)
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)
 
@@ -68,30 +35,30 @@ def test_config_errors_name_the_problem(tmp_path):
         load_pretrained(tmp_path)
 
 
-def test_missing_or_misshapen_weights_are_clear_errors(tmp_path):
-    _save_tiny(tmp_path, "llama_tied_mha")
+def test_missing_or_misshapen_weights_are_clear_errors(tiny_checkpoint):
+    _, path = tiny_checkpoint("llama_tied_mha")
     from safetensors.numpy import load_file, save_file
-    tensors = load_file(tmp_path / "model.safetensors")
+    tensors = load_file(path / "model.safetensors")
     bad = dict(tensors)
     bad.pop("model.layers.1.mlp.up_proj.weight")
-    save_file(bad, tmp_path / "model.safetensors")
+    save_file(bad, path / "model.safetensors")
     with pytest.raises(ValueError, match="lacks 1 tensors .*layers_1.mlp.up_proj.kernel"):
-        load_pretrained(tmp_path)
+        load_pretrained(path)
     bad = dict(tensors)
     bad["model.norm.weight"] = np.ones(7, np.float32)
-    save_file(bad, tmp_path / "model.safetensors")
+    save_file(bad, path / "model.safetensors")
     with pytest.raises(ValueError, match="'model.norm.weight' has shape \\(7,\\)"):
-        load_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").unlink()
+        load_pretrained(path)
+    (path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        load_pretrained(tmp_path)
+        load_pretrained(path)
 
 
-def test_logprobs_and_embeddings_match_transformers(tmp_path):
+def test_logprobs_and_embeddings_match_transformers(tiny_checkpoint):
     from rmbandit.models import prompt_embeddings, sequence_logprobs
-    hf = _save_tiny(tmp_path, "llama_gqa_llama3_rope")
-    model, params = load_pretrained(tmp_path)
-    ids, mask = _batch(seed=1)
+    hf, path = tiny_checkpoint("llama_gqa_llama3_rope")
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=1)
     response = np.zeros_like(mask)
     response[:, 7:] = 1                             # the last 4 tokens are the response
     got = sequence_logprobs(model, params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(response))
@@ -115,18 +82,6 @@ def test_logprobs_and_embeddings_match_transformers(tmp_path):
                                mean, atol=1e-4)
     with pytest.raises(ValueError, match="pooling"):
         prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "max")
-
-
-def test_tokenizer_from_another_model_is_rejected():
-    from rmbandit.models import check_tokenizer
-
-    class FakeTokenizer:
-        def __len__(self):
-            return 151_000
-
-    config = ModelConfig.from_hf_dict({"model_type": "llama", **TINY, "num_hidden_layers": 1})
-    with pytest.raises(ValueError, match="151000 tokens .*vocabulary has 97"):
-        check_tokenizer(config, FakeTokenizer())
 
 
 def _attention_reference(q, k, v, bias, scale, cap):
@@ -172,17 +127,15 @@ def test_blocked_grouped_attention_equals_plain_attention(query_slot, cache_len,
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_llama3_rope", "gemma2_softcap_alternating_window"])
-def test_small_query_blocks_keep_transformers_logits(tmp_path, name, monkeypatch):
+def test_small_query_blocks_keep_transformers_logits(tiny_checkpoint, name, monkeypatch):
     """The whole model with query blocks of 3 (four blocks over 11 tokens, windows of 4)."""
     from rmbandit.models import layers
 
     monkeypatch.setattr(layers, "QUERY_BLOCK", 3)
-    hf = _save_tiny(tmp_path, name)
-    model, params = load_pretrained(tmp_path, dtype=jnp.float32)
-    ids, mask = _batch()
+    hf, path = tiny_checkpoint(name)
+    model, params = load_pretrained(path, dtype=jnp.float32)
+    ids, mask = padded_batch()
     ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
-    with torch.no_grad():
-        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                  position_ids=torch.tensor(np.maximum(np.cumsum(mask, -1) - 1, 0))).logits.numpy()
+    want = hf_logits(hf, ids, mask)
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)

@@ -6,17 +6,18 @@ import pytest
 
 from rmbandit.models import load_pretrained
 from rmbandit.models.sampling import bucket, decode_chunks, filter_logits, generate, inverse_cdf
-from tests.test_models_parity import _batch, _save_tiny
 
 torch = pytest.importorskip("torch")
+
+from tests.torch_oracle import padded_batch  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_llama3_rope", "mistral_sliding_window", "qwen3_qk_norm",
                                   "gemma2_softcap_alternating_window"])
-def test_greedy_generation_is_token_identical_to_transformers(tmp_path, name):
-    hf = _save_tiny(tmp_path, name)
-    model, params = load_pretrained(tmp_path)
-    ids, mask = _batch(seed=3, t=7)
+def test_greedy_generation_is_token_identical_to_transformers(tiny_checkpoint, name):
+    hf, path = tiny_checkpoint(name)
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=3, t=7)
     got = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
                    max_new_tokens=9, temperature=0.0)
     with torch.no_grad():
@@ -28,13 +29,13 @@ def test_greedy_generation_is_token_identical_to_transformers(tmp_path, name):
 
 @pytest.mark.parametrize("name, chunks", [("qwen2_qkv_bias", 1), ("qwen2_qkv_bias", 3),
                                           ("mistral_sliding_window", 2), ("gemma2_softcap_alternating_window", 2)])
-def test_cached_decode_equals_full_forward_logprobs(tmp_path, name, chunks):
+def test_cached_decode_equals_full_forward_logprobs(tiny_checkpoint, name, chunks):
     """Samples attend to their prompt as a shared prefix, in decode chunks whose caches
     grow: the sampler's log-probs equal a full forward over prompt + sample.  Windows of
     4 slots cross from the samples into the 8-slot prompt."""
-    _save_tiny(tmp_path, name)
-    model, params = load_pretrained(tmp_path)
-    ids, mask = _batch(seed=4, t=8)          # every prompt has real tokens
+    _, path = tiny_checkpoint(name)
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=4, t=8)          # every prompt has real tokens
     out = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(1),
                    max_new_tokens=10, num_samples=2, temperature=0.8, chunks=chunks)
     full_ids = np.concatenate([np.repeat(ids, 2, 0), np.asarray(out.tokens)], 1)
@@ -45,10 +46,10 @@ def test_cached_decode_equals_full_forward_logprobs(tmp_path, name, chunks):
     np.testing.assert_allclose(out.logprobs, want, atol=1e-4)
 
 
-def test_eos_stops_a_sample_and_pads_after_it(tmp_path):
-    _save_tiny(tmp_path, "llama_tied_mha")
-    model, params = load_pretrained(tmp_path)
-    ids, mask = _batch(seed=5, t=5)
+def test_eos_stops_a_sample_and_pads_after_it(tiny_checkpoint):
+    _, path = tiny_checkpoint("llama_tied_mha")
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=5, t=5)
     free = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
                     max_new_tokens=6, temperature=0.0)
     eos = int(free.tokens[0, 2])                 # make row 0's third token the EOS
@@ -72,12 +73,12 @@ def test_samples_differ_per_key_and_follow_the_distribution():
     assert bucket(1) == 32 and bucket(33) == 64 and bucket(64) == 64
 
 
-def test_sampled_tokens_follow_the_model_distribution(tmp_path):
+def test_sampled_tokens_follow_the_model_distribution(tiny_checkpoint):
     """Empirical first-token frequencies over many samples match softmax(logits / T)."""
-    _save_tiny(tmp_path, "llama_tied_mha")
-    model, params = load_pretrained(tmp_path)
+    _, path = tiny_checkpoint("llama_tied_mha")
+    model, params = load_pretrained(path)
     params = {**params, "norm": {"scale": params["norm"]["scale"] * 40}}     # a peaked distribution
-    ids, mask = _batch(seed=6, t=5)
+    ids, mask = padded_batch(seed=6, t=5)
     ids, mask = jnp.asarray(ids[:1]), jnp.asarray(mask[:1])
     n = 4000
     out = generate(model, params, ids, mask, jax.random.key(3), max_new_tokens=1, num_samples=n, temperature=0.7)
@@ -97,10 +98,10 @@ def test_decode_chunks_cover_the_new_tokens():
     assert decode_chunks(128, 1) == [128]
 
 
-def test_chunked_greedy_decode_equals_one_loop(tmp_path):
-    _save_tiny(tmp_path, "llama_gqa_llama3_rope")
-    model, params = load_pretrained(tmp_path)
-    ids, mask = _batch(seed=7, t=6)
+def test_chunked_greedy_decode_equals_one_loop(tiny_checkpoint):
+    _, path = tiny_checkpoint("llama_gqa_llama3_rope")
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=7, t=6)
     runs = [generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), max_new_tokens=20,
                      num_samples=2, temperature=0.0, chunks=c) for c in (1, 3)]
     np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)

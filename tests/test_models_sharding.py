@@ -74,35 +74,35 @@ def test_mesh_shape_errors():
         parallel.make_mesh(fsdp=3)
 
 
-def test_load_places_each_tensor_on_its_sharding(tmp_path):
+def test_load_places_each_tensor_on_its_sharding(tiny_checkpoint):
     import pytest
     pytest.importorskip("torch")
     from rmbandit.models import load_pretrained
-    from tests.test_models_parity import _batch, _save_tiny
-    _save_tiny(tmp_path, "llama_gqa_llama3_rope")
+    from tests.torch_oracle import padded_batch
+    _, path = tiny_checkpoint("llama_gqa_llama3_rope")
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-    model, sharded = load_pretrained(tmp_path, mesh=mesh)
-    _, plain = load_pretrained(tmp_path)
+    model, sharded = load_pretrained(path, mesh=mesh)
+    _, plain = load_pretrained(path)
     kernel = sharded["layers_0"]["self_attn"]["q_proj"]["kernel"]
     assert kernel.sharding.spec == P("fsdp", "tensor")
     assert kernel.addressable_shards[0].data.shape == (16, 16)        # [32, 32] split 2 x 2
     assert sharded["lm_head"]["kernel"].sharding.spec == P("fsdp", None)   # 97 does not split: replicated
-    ids, mask = map(jnp.asarray, _batch())
+    ids, mask = map(jnp.asarray, padded_batch())
     np.testing.assert_allclose(jax.jit(lambda p: model.apply({"params": p}, ids, mask))(sharded),
                                model.apply({"params": plain}, ids, mask), atol=1e-5)
 
 
-def test_sharded_sampling_equals_single_device(tmp_path):
+def test_sharded_sampling_equals_single_device(tiny_checkpoint):
     import pytest
     pytest.importorskip("torch")
     from rmbandit.models import load_pretrained
     from rmbandit.models.sampling import generate
-    from tests.test_models_parity import _batch, _save_tiny
-    _save_tiny(tmp_path, "qwen3_qk_norm")
+    from tests.torch_oracle import padded_batch
+    _, path = tiny_checkpoint("qwen3_qk_norm")
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-    model, sharded = load_pretrained(tmp_path, mesh=mesh)
-    _, plain = load_pretrained(tmp_path)
-    ids, mask = _batch(seed=2, b=4, t=8)
+    model, sharded = load_pretrained(path, mesh=mesh)
+    _, plain = load_pretrained(path)
+    ids, mask = padded_batch(seed=2, b=4, t=8)
     batch = parallel.batch_sharding(mesh)
     kwargs = dict(max_new_tokens=6, num_samples=2, temperature=0.9)
     want = generate(model, plain, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), **kwargs)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import pathlib
 import re
@@ -23,10 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
 
-from rmbandit.models.layers import RESIDUAL, dense
-from rmbandit.models.loading import assemble_params, safetensors_files
+from rmbandit.models.config import REQUIRED_INTS, config_file, read_config_json, required_int
+from rmbandit.models.layers import RESIDUAL, dense, resolve_precision
+from rmbandit.models.loading import assemble_params, safetensors_tensors
 
 ACTIVATIONS = {
     "gelu": partial(jax.nn.gelu, approximate=False),     # BERT's "gelu" is the exact erf form
@@ -54,8 +53,9 @@ class BertConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf(cls, raw: dict[str, Any]) -> BertConfig:
-        """From a parsed HF ``config.json``; options this encoder does not implement are errors."""
+    def from_hf(cls, raw: dict[str, Any], source: str = "the config") -> BertConfig:
+        """From a parsed HF ``config.json`` (``source`` names it in errors); options this
+        encoder does not implement are errors."""
         model_type = raw.get("model_type")
         if model_type != "bert":
             raise ValueError(f"unsupported model_type {model_type!r} for the BERT encoder; it loads 'bert' checkpoints")
@@ -68,15 +68,16 @@ class BertConfig:
         if raw.get("is_decoder") or raw.get("add_cross_attention"):
             raise ValueError("is_decoder / add_cross_attention BERT checkpoints are not supported: "
                              "the encoder is bidirectional without cross-attention")
-        if raw["hidden_size"] % raw["num_attention_heads"]:
-            raise ValueError(f"hidden_size {raw['hidden_size']} is not a multiple of "
-                             f"num_attention_heads {raw['num_attention_heads']}")
+        ints = {key: required_int(raw, key, source) for key in REQUIRED_INTS}
+        if ints["hidden_size"] % ints["num_attention_heads"]:
+            raise ValueError(f"{source}: hidden_size {ints['hidden_size']} is not a multiple of "
+                             f"num_attention_heads {ints['num_attention_heads']}")
         return cls(
-            vocab_size=raw["vocab_size"],
-            hidden_size=raw["hidden_size"],
-            intermediate_size=raw["intermediate_size"],
-            num_layers=raw["num_hidden_layers"],
-            num_heads=raw["num_attention_heads"],
+            vocab_size=ints["vocab_size"],
+            hidden_size=ints["hidden_size"],
+            intermediate_size=ints["intermediate_size"],
+            num_layers=ints["num_hidden_layers"],
+            num_heads=ints["num_attention_heads"],
             max_position_embeddings=raw.get("max_position_embeddings", 512),
             type_vocab_size=raw.get("type_vocab_size", 2),
             layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
@@ -86,12 +87,9 @@ class BertConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | pathlib.Path) -> BertConfig:
-        path = pathlib.Path(path)
-        file = path / "config.json" if path.is_dir() else path
-        if not file.exists():
-            raise FileNotFoundError(f"no config.json in {path}; pass an HF BERT checkpoint directory "
-                                    "(config.json + model.safetensors), e.g. default_encoder_path()")
-        return cls.from_hf(json.loads(file.read_text()))
+        file = config_file(path, "pass an HF BERT checkpoint directory (config.json + model.safetensors), "
+                                 "e.g. default_encoder_path()")
+        return cls.from_hf(read_config_json(file), str(file))
 
 
 def layer_norm(eps: float, dtype, name: str) -> nn.LayerNorm:
@@ -110,32 +108,38 @@ class BertLayer(nn.Module):
     """Post-LN block: x = LN(x + attention(x)); x = LN(x + output(act(intermediate(x))))."""
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x, bias):
-        cfg = self.config
+        cfg, precision = self.config, self.precision
         b, t, _ = x.shape
         heads, hd = cfg.num_heads, cfg.head_dim
-        q, k, v = (dense(cfg.hidden_size, ("embed", "q_heads"), True, name, self.dtype)(x).reshape(b, t, heads, hd)
+
+        def linear(features, axes, name):
+            return dense(features, axes, True, name, self.dtype, precision)
+
+        q, k, v = (linear(cfg.hidden_size, ("embed", "q_heads"), name)(x).reshape(b, t, heads, hd)
                    for name in ("query", "key", "value"))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(hd) + bias
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, cfg.hidden_size)
-        attn = dense(cfg.hidden_size, ("q_heads", "embed"), True, "attention_output", self.dtype)(attn)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision).astype(jnp.float32) / math.sqrt(hd)
+        probs = jax.nn.softmax(logits + bias, axis=-1).astype(self.dtype)
+        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=precision).reshape(b, t, cfg.hidden_size)
+        attn = linear(cfg.hidden_size, ("q_heads", "embed"), "attention_output")(attn)
         x = layer_norm(cfg.layer_norm_eps, self.dtype, "attention_norm")(x + attn)
-        h = ACTIVATIONS[cfg.activation](dense(cfg.intermediate_size, ("embed", "mlp"), True, "intermediate",
-                                              self.dtype)(x))
+        h = ACTIVATIONS[cfg.activation](linear(cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x))
         h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-        h = dense(cfg.hidden_size, ("mlp", "embed"), True, "output", self.dtype)(h)
+        h = linear(cfg.hidden_size, ("mlp", "embed"), "output")(h)
         return layer_norm(cfg.layer_norm_eps, self.dtype, "output_norm")(x + h)
 
 
 class BertEncoder(nn.Module):
     """``apply({"params": p}, input_ids, attention_mask=None, token_type_ids=None)`` ->
     last hidden states [B, T, D] in ``dtype``.  Positions are 0..T-1 (BERT tokenizers pad
-    on the right); padded keys are masked, padded positions still get (ignorable) outputs."""
+    on the right); padded keys are masked, padded positions still get (ignorable) outputs.
+    ``precision`` of every matmul: as the decoders' (``layers.resolve_precision``)."""
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
+    precision: Any = "auto"
 
     def _embedding(self, name, rows, axis):
         # position / token-type tables are small: ``None`` keeps them replicated
@@ -160,8 +164,10 @@ class BertEncoder(nn.Module):
         x = layer_norm(cfg.layer_norm_eps, self.dtype, "embeddings_norm")(x)
         x = nn.with_logical_constraint(x, RESIDUAL)
         bias = padding_bias(attention_mask)
+        precision = resolve_precision(self.precision, self.dtype)
         for i in range(cfg.num_layers):
-            x = nn.with_logical_constraint(BertLayer(cfg, self.dtype, name=f"layer_{i}")(x, bias), RESIDUAL)
+            x = nn.with_logical_constraint(BertLayer(cfg, self.dtype, precision, name=f"layer_{i}")(x, bias),
+                                           RESIDUAL)
         return x
 
 
@@ -219,24 +225,17 @@ def flax_to_hf_name(key: tuple[str, ...]) -> str:
     return f"encoder.layer.{key[0].removeprefix('layer_')}.{module}.{'bias' if key[2] == 'bias' else 'weight'}"
 
 
-def _read_tensors(path: pathlib.Path):
-    for file in safetensors_files(path):
-        with safe_open(file, framework="numpy") as f:       # bf16 comes back as ml_dtypes.bfloat16
-            for name in f.keys():
-                yield name, f.get_tensor(name)
-
-
 def assemble_encoder_params(model: BertEncoder, tensors, source: str, dtype=jnp.float32):
     """(HF name, numpy array) pairs -> params; unknown, mis-shaped or missing tensors are errors."""
     return assemble_params(model, tensors, source, dtype, to_flax=hf_to_flax_path, describe="BERT encoder",
                            ignore=lambda name: IGNORED.search(name.removeprefix("bert.")), hf_name=flax_to_hf_name)
 
 
-def load_encoder(path, dtype=jnp.float32) -> tuple[BertEncoder, dict]:
+def load_encoder(path, dtype=jnp.float32, precision="auto") -> tuple[BertEncoder, dict]:
     """An HF BERT checkpoint directory (config.json + model.safetensors) -> (encoder, params)."""
     path = pathlib.Path(path)
-    model = BertEncoder(BertConfig.from_pretrained(path), dtype)
-    return model, assemble_encoder_params(model, _read_tensors(path), str(path), dtype)
+    model = BertEncoder(BertConfig.from_pretrained(path), dtype, precision)
+    return model, assemble_encoder_params(model, safetensors_tensors(path, "numpy"), str(path), dtype)
 
 
 def default_encoder_path() -> pathlib.Path:

@@ -11,14 +11,6 @@ import json
 import pathlib
 from typing import Any
 
-# model_type -> family features (per-family maths lives in the decoder module)
-FAMILIES = {
-    "llama": {},
-    "mistral": {},
-    "qwen2": {"attention_bias": True},
-    "qwen3": {"qk_norm": True},
-    "gemma2": {"gemma": True},
-}
 SUPPORTED_ROPE = ("default", "llama3", "linear")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
@@ -61,12 +53,16 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     @classmethod
-    def from_hf_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
-        model_type = raw.get("model_type")
-        if model_type not in FAMILIES:
-            raise ValueError(f"unsupported model_type {model_type!r}; rmbandit.models implements "
-                             f"{', '.join(sorted(FAMILIES))}")
-        act = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
+    def from_hf_dict(cls, raw: dict[str, Any], source: str = "the config") -> "ModelConfig":
+        """From a parsed HF ``config.json``; ``source`` (the file) is named in errors."""
+        from rmbandit.models.registry import family     # the registry imports the decoders, which import us
+
+        if "model_type" not in raw:
+            raise ValueError(f"{source} has no 'model_type'; is it an HF config.json?")
+        model_type = raw["model_type"]
+        features = family(model_type).features
+        ints = {key: required_int(raw, key, source) for key in REQUIRED_INTS}
+        act = raw.get("hidden_activation") or raw.get("hidden_act") or features.get("hidden_act", "silu")
         if act not in ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {act!r} for {model_type}; supported: {sorted(ACTIVATIONS)}")
         if raw.get("use_bidirectional_attention"):
@@ -80,13 +76,12 @@ class ModelConfig:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in SUPPORTED_ROPE:
             raise ValueError(f"unsupported RoPE type {rope_type!r}; supported: {SUPPORTED_ROPE}")
-        heads = raw["num_attention_heads"]
+        heads = ints["num_attention_heads"]
         window = None
-        if model_type == "mistral":
+        if features.get("uniform_window"):
             window = raw.get("sliding_window")
         elif raw.get("use_sliding_window") and raw.get("sliding_window"):
             raise ValueError(f"use_sliding_window=True is not supported for {model_type}")
-        family = FAMILIES[model_type]
         num_labels = None
         architectures = raw.get("architectures") or []
         if any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -94,21 +89,21 @@ class ModelConfig:
         elif architectures and not any(a.endswith("ForCausalLM") for a in architectures):
             raise ValueError(f"unsupported architecture {architectures[0]!r}; rmbandit.models loads "
                              "*ForCausalLM and *ForSequenceClassification checkpoints")
-        gemma = family.get("gemma", False)
+        gemma = features.get("gemma", False)
         layer_windows = None
         if gemma:
             types = raw.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention"
-                                               for i in range(raw["num_hidden_layers"])]
+                                               for i in range(ints["num_hidden_layers"])]
             layer_windows = tuple(raw.get("sliding_window") if t == "sliding_attention" else None for t in types)
         return cls(
             model_type=model_type,
-            vocab_size=raw["vocab_size"],
-            hidden_size=raw["hidden_size"],
-            intermediate_size=raw["intermediate_size"],
-            num_layers=raw["num_hidden_layers"],
+            vocab_size=ints["vocab_size"],
+            hidden_size=ints["hidden_size"],
+            intermediate_size=ints["intermediate_size"],
+            num_layers=ints["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=raw.get("num_key_value_heads") or heads,
-            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            head_dim=raw.get("head_dim") or ints["hidden_size"] // heads,
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope.get("rope_theta", 10000.0)),
             rope_type=rope_type,
@@ -116,8 +111,8 @@ class ModelConfig:
             rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_positions=int(rope.get("original_max_position_embeddings", 8192)),
-            attention_bias=raw.get("attention_bias", family.get("attention_bias", False)),
-            qk_norm=family.get("qk_norm", False),
+            attention_bias=raw.get("attention_bias", features.get("attention_bias", False)),
+            qk_norm=features.get("qk_norm", False),
             sliding_window=window,
             layer_windows=layer_windows,
             activation=ACTIVATIONS[act],
@@ -136,8 +131,39 @@ class ModelConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | pathlib.Path) -> "ModelConfig":
-        path = pathlib.Path(path)
-        file = path / "config.json" if path.is_dir() else path
-        if not file.exists():
-            raise FileNotFoundError(f"no config.json in {path}; pass an HF checkpoint directory")
-        return cls.from_hf_dict(json.loads(file.read_text()))
+        file = config_file(path, "pass an HF checkpoint directory")
+        return cls.from_hf_dict(read_config_json(file), str(file))
+
+
+REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def config_file(path, hint: str) -> pathlib.Path:
+    """``path``'s config.json (``path`` may be the file itself); missing is an error with ``hint``."""
+    path = pathlib.Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"no config.json in {path}; {hint}")
+    return file
+
+
+def read_config_json(file: pathlib.Path) -> dict[str, Any]:
+    """A config.json as a dict; invalid JSON is an error naming the file, line and column."""
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
+                         "fix the file or copy it again from the checkpoint") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file} holds a JSON {type(raw).__name__}, not an object of config keys")
+    return raw
+
+
+def required_int(raw: dict[str, Any], key: str, source: str) -> int:
+    """``raw[key]`` as a positive int; absent, None or of another type is an error naming ``source`` and key."""
+    if raw.get(key) is None:
+        raise ValueError(f"{source} lacks the required key {key!r}; copy config.json from the same checkpoint")
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{source}: {key!r} must be a positive integer, got {value!r}")
+    return value

@@ -11,8 +11,9 @@ from safetensors.numpy import save_file
 
 from rmbandit.models.config import ModelConfig
 
-_HF_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-             "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM"}
+HF_ACTIVATIONS = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}      # ours -> config.json's
+from rmbandit.models.loading import flax_to_hf_name
+from rmbandit.models.registry import family
 
 
 def hf_config_dict(config: ModelConfig) -> dict:
@@ -22,12 +23,14 @@ def hf_config_dict(config: ModelConfig) -> dict:
     if config.rope_type == "llama3":
         rope.update(low_freq_factor=config.rope_low_freq_factor, high_freq_factor=config.rope_high_freq_factor,
                     original_max_position_embeddings=config.rope_original_max_positions)
+    features = family(config.model_type).features
     out = {
-        "architectures": [_HF_CLASS[config.model_type]], "model_type": config.model_type,
+        "architectures": [family(config.model_type).hf_class(config.num_labels)], "model_type": config.model_type,
         "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps, "hidden_act": "silu",
+        "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps,
+        "hidden_act": HF_ACTIVATIONS[config.activation],
         "rope_parameters": rope, "rope_theta": config.rope_theta,
         "attention_bias": config.attention_bias, "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": config.bos_token_id,
@@ -35,32 +38,22 @@ def hf_config_dict(config: ModelConfig) -> dict:
         "pad_token_id": config.pad_token_id,
         "eos_token_id": list(config.eos_token_id) if isinstance(config.eos_token_id, tuple) else config.eos_token_id,
     }
-    if config.model_type == "mistral":
+    if config.num_labels:
+        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+    if features.get("uniform_window"):
         out["sliding_window"] = config.sliding_window
-    if config.model_type == "gemma2":
+    if features.get("gemma"):
         windows = [w for w in config.layer_windows if w is not None]
-        out.update(hidden_activation="gelu_pytorch_tanh", sliding_window=windows[0] if windows else None,
+        out.update(hidden_activation=out["hidden_act"], sliding_window=windows[0] if windows else None,
                    layer_types=["sliding_attention" if w else "full_attention" for w in config.layer_windows],
                    attn_logit_softcapping=config.attn_softcap, final_logit_softcapping=config.final_softcap,
                    query_pre_attn_scalar=round(config.query_scale ** -2))
-        del out["hidden_act"]
     return out
 
 
-def _hf_name(path: tuple[str, ...]) -> str:
-    if path == ("embed_tokens",):
-        return "model.embed_tokens.weight"
-    if path == ("norm", "scale"):
-        return "model.norm.weight"
-    if path == ("lm_head", "kernel"):
-        return "lm_head.weight"
-    layer = path[0].removeprefix("layers_")
-    kind = {"kernel": "weight", "scale": "weight", "bias": "bias"}[path[-1]]
-    return f"model.layers.{layer}.{'.'.join(path[1:-1])}.{kind}"
-
-
 def export_hf(directory, config: ModelConfig, params, lora=None, lora_config=None) -> pathlib.Path:
-    """Write config.json + model.safetensors (float32) to ``directory``."""
+    """Write config.json + model.safetensors (float32) to ``directory``: a causal LM, or a
+    sequence classifier (``config.num_labels``) that ``AutoModelForSequenceClassification`` loads."""
     if lora is not None:
         from rmbandit.models.lora import LoraConfig, merge_lora
         params = merge_lora(params, lora, lora_config or LoraConfig())
@@ -69,7 +62,7 @@ def export_hf(directory, config: ModelConfig, params, lora=None, lora_config=Non
     tensors = {}
     for path, value in flax.traverse_util.flatten_dict(params).items():
         array = np.asarray(value, np.float32)
-        tensors[_hf_name(path)] = np.ascontiguousarray(array.T if path[-1] == "kernel" else array)
+        tensors[flax_to_hf_name(path)] = np.ascontiguousarray(array.T if path[-1] == "kernel" else array)
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2))
     return directory

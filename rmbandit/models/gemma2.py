@@ -10,7 +10,7 @@ What differs from Llama, and where it lives:
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from rmbandit.models.llama import LlamaModel
 class Gemma2Block(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
@@ -31,10 +32,10 @@ class Gemma2Block(nn.Module):
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name=name)
 
-        h, kv = Attention(cfg, self.dtype, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
+        h, kv = Attention(cfg, self.dtype, self.precision, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
                                                              index, prefix)
         x = x + norm("post_attention_layernorm")(h)
-        h = MLP(cfg, self.dtype, name="mlp")(norm("pre_feedforward_layernorm")(x))
+        h = MLP(cfg, self.dtype, self.precision, name="mlp")(norm("pre_feedforward_layernorm")(x))
         return x + norm("post_feedforward_layernorm")(h), kv
 
 

@@ -12,29 +12,26 @@ import re
 import numpy as np
 
 from rmbandit.models.config import ModelConfig
+from rmbandit.models.registry import LLAMA_GGUF_BLOCK, Family, gguf_family
 
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-_NAMES = {
+# llama.cpp's names of the tensors outside the blocks (every architecture we read)
+TOP_LEVEL = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_BLOCK = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-}
 _BLOCK_NAME = re.compile(r"blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
-def hf_name(gguf_name: str) -> str | None:
-    if gguf_name in _NAMES:
-        return _NAMES[gguf_name]
+def hf_name(gguf_name: str, block: dict = LLAMA_GGUF_BLOCK) -> str | None:
+    """GGUF tensor name -> HF name, ``block`` mapping the block tensors (a ``Family``'s
+    ``gguf_block``); None for a name it does not know."""
+    if gguf_name in TOP_LEVEL:
+        return TOP_LEVEL[gguf_name]
     match = _BLOCK_NAME.match(gguf_name)
-    if match and match.group(2) in _BLOCK:
+    if match and match.group(2) in block:
         layer, module, kind = match.groups()
-        return f"model.layers.{layer}.{_BLOCK[module]}.{kind}"
+        return f"model.layers.{layer}.{block[module]}.{kind}"
     return None
 
 
@@ -43,10 +40,14 @@ def _field(reader, key, default=None):
     return default if field is None else field.contents()
 
 
-def config_from_gguf(reader) -> ModelConfig:
+def config_from_gguf(reader, source: str = "the GGUF file") -> ModelConfig:
     arch = _field(reader, "general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unsupported GGUF architecture {arch!r}; rmbandit.models reads {sorted(ARCHITECTURES)}")
+    family = gguf_family(arch)
+    missing = [key for key in (f"{arch}.attention.head_count", f"{arch}.embedding_length",
+                               f"{arch}.feed_forward_length", f"{arch}.block_count")
+               if reader.fields.get(key) is None]
+    if missing:
+        raise ValueError(f"{source} lacks the metadata {missing}; convert the checkpoint to GGUF again")
     scaling = _field(reader, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         raise ValueError(f"GGUF RoPE scaling {scaling!r} is not supported; convert from the HF checkpoint instead")
@@ -55,7 +56,7 @@ def config_from_gguf(reader) -> ModelConfig:
     vocab = _field(reader, f"{arch}.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
     names = {t.name for t in reader.tensors}
     return ModelConfig.from_hf_dict({
-        "model_type": ARCHITECTURES[arch],
+        "model_type": family.model_type,
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": _field(reader, f"{arch}.feed_forward_length"),
@@ -69,13 +70,28 @@ def config_from_gguf(reader) -> ModelConfig:
         "tie_word_embeddings": "output.weight" not in names,
         "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-    })
+        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+    }, source)
 
 
 def unpermute_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
     """Undo llama.cpp's per-head (half, pair) row permutation of q/k projections."""
     dim = weight.shape[0] // heads // 2
     return weight.reshape(heads, dim, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def open_gguf(path: pathlib.Path):
+    """A ``gguf.GGUFReader`` of ``path``.  The reader parses the header and maps every
+    tensor's bytes as it opens the file, so a truncated or corrupt file fails here, as an
+    error naming it, instead of as a reshape deep inside the gguf package."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as err:
+        size = path.stat().st_size
+        raise ValueError(f"{path} ({size} bytes) is truncated or corrupt: the gguf package cannot read it ({err}); "
+                         "download the file again or convert the checkpoint to GGUF again") from err
 
 
 def read_gguf(path: pathlib.Path):
@@ -85,13 +101,14 @@ def read_gguf(path: pathlib.Path):
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    reader = gguf.GGUFReader(path)
-    config = config_from_gguf(reader)
-    permute = _field(reader, "general.architecture") == "llama"
+    reader = open_gguf(path)
+    config = config_from_gguf(reader, str(path))
+    family: Family = gguf_family(_field(reader, "general.architecture"))
+    permute = family.gguf_permuted_qk
 
     def tensors():
         for tensor in reader.tensors:
-            name = hf_name(tensor.name)
+            name = hf_name(tensor.name, family.gguf_block)
             if name is None:
                 raise ValueError(f"unexpected GGUF tensor {tensor.name!r} in {path.name}")
             try:

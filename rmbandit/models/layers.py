@@ -2,7 +2,8 @@
 (incl. ``llama3`` / ``linear`` scaling), the causal / padding / sliding-window mask,
 grouped-query attention with an optional KV cache and soft-capping, the gated MLP, and the
 decode cache.  Parameters carry logical axis names (``rmbandit.parallel`` maps them to mesh
-axes); Dense kernels are [in, out] and keep the HF checkpoints' names.
+axes); Dense kernels are [in, out] and keep the HF checkpoints' names.  Every matmul takes
+the model's ``precision`` (``resolve_precision``: HIGHEST for float32 parameters).
 """
 from __future__ import annotations
 
@@ -21,8 +22,21 @@ Array = jax.Array
 RESIDUAL = ("activation_batch", "activation_length", "activation_embed")     # logical axes of [B, T, D]
 
 
-def dense(features, names, use_bias=False, name=None, dtype=jnp.float32):
-    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=dtype,
+def default_precision(dtype):
+    """The matmul precision for parameters of ``dtype``: HIGHEST for float32 (on GPU the
+    default float32 matmul is TF32, whose logits differed from torch's by 2e-3; HIGHEST
+    by 1.6e-6), the backend's default (None) for bfloat16 and other types."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+def resolve_precision(precision, dtype):
+    """A module's ``precision`` attribute: "auto" -> ``default_precision(dtype)``; a
+    ``jax.lax.Precision`` or None as given."""
+    return default_precision(dtype) if isinstance(precision, str) and precision == "auto" else precision
+
+
+def dense(features, names, use_bias=False, name=None, dtype=jnp.float32, precision=None):
+    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=dtype, precision=precision,
                     kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
 
@@ -100,6 +114,7 @@ def attention_bias(query_pos: Array, key_pos: Array, key_valid: Array, window: i
 class Attention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
+    precision: object = None          # of every matmul (see ``resolve_precision``)
 
     @nn.compact
     def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
@@ -109,12 +124,12 @@ class Attention(nn.Module):
         ones).  With ``prefix`` = (keys [Bp, KV, D, P], values
         [Bp, KV, P, D], bias [Bp, 1, T, P]) the queries also attend to a prompt shared by
         each group of B / Bp consecutive rows (see ``SharedPrefix``)."""
-        cfg = self.config
+        cfg, precision = self.config, self.precision
         b, t, _ = x.shape
         heads, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = dense(heads * hd, ("embed", "q_heads"), cfg.attention_bias, "q_proj", self.dtype)(x)
-        k = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "k_proj", self.dtype)(x)
-        v = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "v_proj", self.dtype)(x)
+        q = dense(heads * hd, ("embed", "q_heads"), cfg.attention_bias, "q_proj", self.dtype, precision)(x)
+        k = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "k_proj", self.dtype, precision)(x)
+        v = dense(kv * hd, ("embed", "kv_heads"), cfg.attention_bias, "v_proj", self.dtype, precision)(x)
         q, k, v = q.reshape(b, t, heads, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
         q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
         k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
@@ -135,16 +150,17 @@ class Attention(nn.Module):
         # the queries' first sequence slot, where it is known at trace time: keys after a
         # query block's last slot are masked for every row, so they are never computed
         query_slot = 0 if cache is None else index if isinstance(index, int) else None
-        out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot, prefix=prefix)
+        out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot, prefix=prefix, precision=precision)
         out = out.reshape(b, t, heads * hd)
-        return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype)(out), (k, v)
+        return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype, precision)(out), (k, v)
 
 
 QUERY_BLOCK = 64       # causal key skipping per query block; 64 was fastest at T=256 on XLA:CPU
 
 
 def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, cap: float | None,
-                      query_slot: int | None = None, block: int | None = None, prefix=None) -> Array:
+                      query_slot: int | None = None, block: int | None = None, prefix=None,
+                      precision=None) -> Array:
     """Grouped-query attention: q [B, T, H, D], keys [B, KV, D, S], values [B, KV, S, D],
     additive ``bias`` [B, 1, T, S]; returns [B, T, H, D].
 
@@ -160,7 +176,7 @@ def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, c
     samples of one prompt, or a chosen and a rejected response). The n rows' queries go
     through the shared keys together, in one matmul per prompt and kv head, so the
     prompt's keys are read once for all its samples; the two softmax parts are merged by
-    their log-sum-exp."""
+    their log-sum-exp.  ``precision``: of the score and value products."""
     b, t, heads, hd = q.shape
     kv, s = k.shape[1], k.shape[3]
     block = block or QUERY_BLOCK
@@ -173,14 +189,14 @@ def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, c
         keys = s if query_slot is None else min(query_slot + q1, s)
         rows = qh[:, :, :, q0:q1].reshape(b, kv, g * (q1 - q0), hd)
         parts.append(_partial_attention(rows, k[..., :keys], v[:, :, :keys], bias[:, :, None, q0:q1, :keys],
-                                        (b, kv, g, q1 - q0), scale, cap))
+                                        (b, kv, g, q1 - q0), scale, cap, precision))
     out, top, total = parts[0] if len(parts) == 1 else (jnp.concatenate(x, axis=3) for x in zip(*parts))
     if prefix is not None:
         pk, pv, pbias = prefix
         n = b // pk.shape[0]
         shared_rows = qh.reshape(b // n, n, kv, g, t, hd).transpose(0, 2, 1, 3, 4, 5)     # [Bp, KV, n, G, T, D]
         shared = _partial_attention(shared_rows.reshape(b // n, kv, n * g * t, hd), pk, pv,
-                                    pbias[:, :, None, None], (b // n, kv, n, g, t), scale, cap)
+                                    pbias[:, :, None, None], (b // n, kv, n, g, t), scale, cap, precision)
         # back to one row per sample: [Bp, KV, n, G, T, .] -> [B, KV, G, T, .]
         shared = [x.transpose(0, 2, 1, 3, 4, 5).reshape(b, kv, g, t, -1) for x in shared]
         out, top, total = _merge_partials((out, top, total), shared)
@@ -189,18 +205,19 @@ def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, c
 
 
 def _partial_attention(rows: Array, k: Array, v: Array, bias: Array, shape: tuple, scale: float,
-                       cap: float | None):
+                       cap: float | None, precision=None):
     """Softmax attention of ``rows`` [..., M, D] over keys [..., D, S] and values [..., S, D],
     left unnormalised so that parts over different keys can be merged: returns (sum of
     exp(logit - max) v, max, sum of exp(logit - max)), each reshaped to ``shape`` + (D or 1,).
     ``bias`` broadcasts against the logits reshaped to ``shape`` + (S,). The max is held
     out of the gradient: the result does not depend on it."""
-    logits = jnp.einsum("...md,...ds->...ms", rows, k).astype(jnp.float32) * scale
+    logits = jnp.einsum("...md,...ds->...ms", rows, k, precision=precision).astype(jnp.float32) * scale
     logits = softcap(logits, cap).reshape(*shape, k.shape[-1]) + bias
     top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     weights = jnp.exp(logits - top)
     total = jnp.sum(weights, axis=-1, keepdims=True)
-    out = jnp.einsum("...ms,...sd->...md", weights.astype(v.dtype).reshape(*rows.shape[:-1], -1), v)
+    out = jnp.einsum("...ms,...sd->...md", weights.astype(v.dtype).reshape(*rows.shape[:-1], -1), v,
+                     precision=precision)
     return out.astype(jnp.float32).reshape(*shape, v.shape[-1]), top, total
 
 
@@ -216,15 +233,16 @@ def _merge_partials(a, b):
 class MLP(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
+    precision: object = None
 
     @nn.compact
     def __call__(self, x):
-        cfg = self.config
-        gate = dense(cfg.intermediate_size, ("embed", "mlp"), False, "gate_proj", self.dtype)(x)
-        up = dense(cfg.intermediate_size, ("embed", "mlp"), False, "up_proj", self.dtype)(x)
+        cfg, precision = self.config, self.precision
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), False, "gate_proj", self.dtype, precision)(x)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), False, "up_proj", self.dtype, precision)(x)
         act = nn.silu if cfg.activation == "silu" else partial(nn.gelu, approximate=True)
         hidden = nn.with_logical_constraint(act(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype)(hidden)
+        return dense(cfg.hidden_size, ("mlp", "embed"), False, "down_proj", self.dtype, precision)(hidden)
 
 
 class SharedPrefix(NamedTuple):

@@ -14,7 +14,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from rmbandit.models.config import ModelConfig
 from rmbandit.models.registry import decoder_for
@@ -24,16 +24,21 @@ IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
+# the decoders' tensors outside the layers: HF name <-> our param path (Dense kernels are
+# stored transposed); ``score`` is the *ForSequenceClassification head
+TOP_LEVEL = {
+    "model.embed_tokens.weight": ("embed_tokens",),
+    "model.norm.weight": ("norm", "scale"),
+    "lm_head.weight": ("lm_head", "kernel"),
+    "score.weight": ("score", "kernel"),
+}
+
+
 def hf_to_flax_path(name: str) -> tuple[tuple[str, ...], bool] | None:
-    """HF tensor name -> (our param path, transpose?)."""
-    if name == "model.embed_tokens.weight":
-        return ("embed_tokens",), False
-    if name == "model.norm.weight":
-        return ("norm", "scale"), False
-    if name == "lm_head.weight":
-        return ("lm_head", "kernel"), True
-    if name == "score.weight":          # *ForSequenceClassification head
-        return ("score", "kernel"), True
+    """HF tensor name -> (our param path, transpose?); None for a name no decoder has."""
+    if name in TOP_LEVEL:
+        path = TOP_LEVEL[name]
+        return path, path[-1] == "kernel"
     match = _LAYER.match(name)
     if not match:
         return None
@@ -42,6 +47,17 @@ def hf_to_flax_path(name: str) -> tuple[tuple[str, ...], bool] | None:
     if parts[-1].endswith("norm") or parts[-1].endswith("layernorm"):
         return (f"layers_{layer}", *parts, "scale"), False
     return (f"layers_{layer}", *parts, "kernel" if kind == "weight" else "bias"), kind == "weight"
+
+
+def flax_to_hf_name(path: tuple[str, ...]) -> str:
+    """Our param path -> its HF tensor name: the inverse of ``hf_to_flax_path``."""
+    for name, ours in TOP_LEVEL.items():
+        if ours == path:
+            return name
+    if not path[0].startswith("layers_"):
+        raise ValueError(f"parameter {'/'.join(path)} has no HF tensor name")
+    kind = {"kernel": "weight", "scale": "weight", "bias": "bias"}[path[-1]]
+    return f"model.layers.{path[0].removeprefix('layers_')}.{'.'.join(path[1:-1])}.{kind}"
 
 
 def safetensors_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -97,24 +113,43 @@ def assemble_params(model, tensors, source: str, dtype, shardings=None, *, to_fl
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def _safetensors_tensors(path: pathlib.Path):
-    for file in safetensors_files(path):
-        with safe_open(file, framework="flax") as f:         # jax arrays: bf16 checkpoints load too
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+def open_safetensors(file: pathlib.Path, framework: str):
+    """``safe_open`` whose failure (a truncated or corrupt file: header, or data shorter
+    than the header says) is an error naming the file and the fix."""
+    try:
+        return safe_open(file, framework=framework)
+    except SafetensorError as err:
+        raise ValueError(f"{file} is truncated or corrupt ({err}); download it again, or export the "
+                         "checkpoint again (an interrupted download or copy leaves such a file)") from err
 
 
-def load_pretrained(path, dtype=jnp.float32, mesh=None):
+def safetensors_tensors(path: pathlib.Path, framework: str = "flax"):
+    """(name, array) of every tensor in a checkpoint directory.  Every file is opened (so
+    its header and size are checked) before the first tensor is read: a truncated shard
+    fails before any weight loads."""
+    handles = [open_safetensors(file, framework) for file in safetensors_files(path)]
+
+    def tensors():
+        for handle in handles:
+            with handle as f:          # "flax": jax arrays, so bf16 checkpoints load too
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+
+    return tensors()
+
+
+def load_pretrained(path, dtype=jnp.float32, mesh=None, precision="auto"):
     """An HF checkpoint directory or a ``.gguf`` file -> (decoder module, params of ``dtype``).
 
-    With a ``mesh`` the parameters are sharded by ``rmbandit.parallel``'s logical rules."""
+    With a ``mesh`` the parameters are sharded by ``rmbandit.parallel``'s logical rules.
+    ``precision`` of the model's matmuls: see ``registry.decoder_for``."""
     path = pathlib.Path(path)
     if path.suffix == ".gguf":
         from rmbandit.models import gguf_loading
         config, tensors = gguf_loading.read_gguf(path)
     else:
-        config, tensors = ModelConfig.from_pretrained(path), _safetensors_tensors(path)
-    model = decoder_for(config, dtype)
+        config, tensors = ModelConfig.from_pretrained(path), safetensors_tensors(path)
+    model = decoder_for(config, dtype, precision)
     shardings = None
     if mesh is not None:
         from rmbandit import parallel

@@ -15,6 +15,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from rmbandit.models.layers import resolve_precision
+
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
@@ -50,11 +52,14 @@ def init_lora(key, params, config: LoraConfig = LoraConfig()):
     return flax.traverse_util.unflatten_dict({p + (n,): v for p, ab in lora.items() for n, v in ab.items()})
 
 
-def merge_lora(params, lora, config: LoraConfig = LoraConfig()):
+def merge_lora(params, lora, config: LoraConfig = LoraConfig(), precision="auto"):
+    """W + scale a @ b for every adapted kernel; ``precision`` of the a @ b products:
+    "auto" follows the kernel's dtype as the models do (``layers.resolve_precision``)."""
     flat = flax.traverse_util.flatten_dict(params)
     adapters = flax.traverse_util.flatten_dict(lora)
     for path in {p[:-1] for p in adapters}:
         a, b = adapters[path + ("a",)], adapters[path + ("b",)]
         kernel = flat[path + ("kernel",)]
-        flat[path + ("kernel",)] = kernel + (config.scale * (a @ b)).astype(kernel.dtype)
+        product = jnp.matmul(a, b, precision=resolve_precision(precision, kernel.dtype))
+        flat[path + ("kernel",)] = kernel + (config.scale * product).astype(kernel.dtype)
     return flax.traverse_util.unflatten_dict(flat)

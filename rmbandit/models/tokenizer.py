@@ -12,6 +12,9 @@ def load_tokenizer(path, padding_side: str = "left"):
     from transformers import AutoTokenizer
 
     path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass the checkpoint directory or .gguf file whose "
+                                "tokenizer to load")
     if path.suffix == ".gguf":
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     else:
@@ -22,12 +25,51 @@ def load_tokenizer(path, padding_side: str = "left"):
     return tokenizer
 
 
-def check_tokenizer(config: ModelConfig, tokenizer) -> None:
-    """A tokenizer with ids beyond the model's vocabulary belongs to another model."""
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the {config.model_type} model's vocabulary has "
-            f"{config.vocab_size}: it is the tokenizer of another model; load the one saved with the checkpoint")
+# Checkpoints may give their embedding table spare rows past the tokenizer's ids (a
+# multiple of 64 or 128 for the matmul tiles: Qwen2.5 has 151936 rows for 151665 tokens,
+# OLMo 50304 for 50280).  More spare rows than this mean the tokenizer is another model's.
+def spare_rows_allowed(tokens: int) -> int:
+    return max(1024, tokens // 10)
+
+
+def check_tokenizer(config, tokenizer, model_name: str | None = None) -> None:
+    """Raise if ``tokenizer`` does not belong to the model of ``config`` (a ``ModelConfig``,
+    or anything with ``vocab_size`` and optional ``bos_token_id`` / ``eos_token_id`` /
+    ``pad_token_id``, e.g. ``bert.BertConfig``).
+
+    Wrong either way: ids beyond the model's vocabulary (a bigger tokenizer); a vocabulary
+    much bigger than the tokenizer (beyond ``spare_rows_allowed``: a smaller tokenizer);
+    a special token (bos, eos, pad, unk) outside the vocabulary; a bos, eos or pad token
+    other than the one the config names (eos: one of them).  A pad token that is the eos
+    token is not compared: ``load_tokenizer`` pads with eos where a tokenizer has none, and
+    padding is masked, so it changes no result."""
+    vocab, tokens = config.vocab_size, len(tokenizer)
+    problems = []
+    if tokens > vocab:
+        problems.append(f"the tokenizer has {tokens} tokens but the model's vocabulary has {vocab}")
+    elif vocab - tokens > spare_rows_allowed(tokens):
+        problems.append(f"the model's vocabulary has {vocab} rows but the tokenizer only {tokens} tokens "
+                        f"(at most {spare_rows_allowed(tokens)} spare rows are padding)")
+    for kind in ("bos", "eos", "pad", "unk"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None and not 0 <= token_id < vocab:
+            problems.append(f"its {kind} token id {token_id} is outside the model's vocabulary of {vocab}")
+    for kind in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        named = getattr(config, f"{kind}_token_id", None)
+        if kind == "pad" and token_id == getattr(tokenizer, "eos_token_id", None):
+            continue
+        allowed = named if isinstance(named, (tuple, list)) else (named,)
+        if token_id is not None and named is not None and token_id not in allowed:
+            problems.append(f"its {kind} token id is {token_id} ({getattr(tokenizer, f'{kind}_token', None)!r}) "
+                            f"but the model's config says {named}")
+    if problems:
+        kind = getattr(config, "model_type", None) or type(config).__name__.removesuffix("Config")
+        model = model_name or f"{kind} model"
+        tokenizer_name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"tokenizer {tokenizer_name!r} does not fit the {model}: {'; '.join(problems)}. It is the "
+                         "tokenizer of another model; pass the tokenizer saved with the checkpoint "
+                         "(load_tokenizer(<the checkpoint directory or .gguf file>))")
 
 
 def chat_prompt(tokenizer, user_message: str) -> str:
