@@ -170,6 +170,14 @@ def test_judge_long_response_never_pushes_the_question_out(tmp_path, smol_tokeni
     assert abs(prefs[0] - prefs[1]) > 1e-6
 
 
+def test_sequence_classifier_reads_the_question_past_a_long_response(tmp_path, smol_tokenizer):
+    _tiny(tmp_path, "llama", vocab=len(smol_tokenizer), tokenizer=smol_tokenizer)
+    response = ("The answer is 42 because " * 800)[:20_000]
+    rm = lm.sequence_classifier(tmp_path, max_length=128, micro_batch=2)
+    scores = rm.score(["What is six times seven?", "Which city is the capital of France?"], [response, response])
+    assert abs(scores[0] - scores[1]) > 1e-5
+
+
 def test_bad_judge_rubrics_fail_before_loading(tmp_path):
     with pytest.raises(ValueError, match=r"pointwise judge rubric has the fields \['prompt'\]; it needs exactly "
                                          r"\{prompt\}, \{response\}"):

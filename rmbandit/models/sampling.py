@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.layers import continue_prompts, grow_cache, init_cache
-from rmbandit.text import bucket  # noqa: F401  (re-exported: callers bucket prompt lengths with it)
+from rmbandit.text import bucket          # also re-exported: callers bucket prompt lengths with it
 
 Array = jax.Array
 
@@ -75,7 +75,7 @@ def _last_positive(x: Array) -> Array:
 def decode_chunks(max_new_tokens: int, chunks: int, multiple: int = 8) -> list[int]:
     """Ends of the decode loop's chunks: about equal, multiples of ``multiple``, the last
     at ``max_new_tokens``."""
-    size = max(multiple, -(-max_new_tokens // (chunks * multiple)) * multiple)
+    size = bucket(-(-max_new_tokens // chunks), multiple)
     return list(range(size, max_new_tokens, size)) + [max_new_tokens]
 
 
