@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 RESPONSE_SHARE = 0.25       # responses keep at least this share of max_length before a question is cut
+MIN_QUESTION_TOKENS = 8     # a question cut shorter than this is lost: an error instead
 CUT_MARK = " [...] "        # stands where a question's middle was cut out
 
 
@@ -140,8 +141,12 @@ def fit_chat(tokenizer, render: Callable[[dict[str, str]], str], slots: Mapping[
                              f"max_length {max_length}: raise max_length or shorten the rubric / system prompt")
         answer_budget = min(answer_need, budget, max(budget - question_need, int(RESPONSE_SHARE * max_length)))
         question_budget = budget - answer_budget
-        cut = {**_shorten(tokenizer, {n: slots[n] for n in answers}, answer_budget, middle=False),
-               **_shorten(tokenizer, {n: slots[n] for n in questions}, max(question_budget, 0), middle=True)}
+        if question_budget < min(question_need, MIN_QUESTION_TOKENS):
+            raise ValueError(f"max_length {max_length} leaves {max(question_budget, 0)} tokens for the question "
+                             f"(the text around the slots takes {around}, the responses keep {answer_budget}): "
+                             "raise max_length")
+        cut = {**_shorten(tokenizer, slots, lengths, answers, answer_budget, middle=False),
+               **_shorten(tokenizer, slots, lengths, questions, question_budget, middle=True)}
         text = render({name: cut[name] for name in slots})
         total = len(chat_ids(tokenizer, [text])[0])
         if total <= max_length:
@@ -151,15 +156,16 @@ def fit_chat(tokenizer, render: Callable[[dict[str, str]], str], slots: Mapping[
                      f"({total} after cutting); raise max_length")
 
 
-def _shorten(tokenizer, slots: dict[str, str], budget: int, middle: bool) -> dict[str, str]:
-    """Each slot cut to its share of ``budget`` tokens (equal shares, what a short slot
-    leaves goes to the others): its start kept, or its start and end if ``middle``."""
-    lengths = dict(zip(slots, map(len, token_ids(tokenizer, list(slots.values())))))
+def _shorten(tokenizer, slots: dict[str, str], lengths: dict[str, int], names: Sequence[str], budget: int,
+             middle: bool) -> dict[str, str]:
+    """The slots ``names`` cut to their shares of ``budget`` tokens (equal shares, what a
+    short slot leaves goes to the others): each keeps its start, or its start and end if
+    ``middle``."""
     keep, left = {}, budget
-    for i, name in enumerate(sorted(slots, key=lengths.get)):
-        keep[name] = min(lengths[name], left // (len(slots) - i))
+    for i, name in enumerate(sorted(names, key=lengths.get)):
+        keep[name] = min(lengths[name], left // (len(names) - i))
         left -= keep[name]
-    return {name: _cut(tokenizer, text, keep[name], middle) for name, text in slots.items()}
+    return {name: _cut(tokenizer, slots[name], keep[name], middle) for name in names}
 
 
 def _cut(tokenizer, text: str, keep: int, middle: bool) -> str:

@@ -204,6 +204,10 @@ def test_truncation_errors_name_the_fix(smol):
     with pytest.raises(ValueError, match=r"the text around the slots \['prompt', 'response'\] takes \d+ tokens, "
                                          "more than max_length 20: raise max_length or shorten the rubric"):
         text.fit_chat(smol, _judge(smol), {"prompt": "2+2?", "response": "4"}, 20)
+    with pytest.raises(ValueError, match=r"max_length 40 leaves \d tokens for the question \(the text around the "
+                                         r"slots takes \d+, the responses keep \d+\): raise max_length"):
+        text.fit_chat(smol, lambda s: text.chat_prompt(smol, f"{s['prompt']} / {s['response']}"),
+                      {"prompt": "word " * 50, "response": "yes " * 50}, 40)
     with pytest.raises(ValueError, match=r"question slot\(s\) \['question'\] are not among the slots"):
         text.fit_chat(smol, _judge(smol), {"prompt": "2+2?", "response": "4"}, 256, questions=("question",))
     with pytest.raises(ValueError, match="chat 0 has .* tokens, more than max_length 8: shorten it with "
