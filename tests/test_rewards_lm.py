@@ -12,8 +12,8 @@ transformers = pytest.importorskip("transformers")
 
 from rmbandit.models import load_pretrained, load_tokenizer  # noqa: E402
 from rmbandit.models.functions import classifier_scores  # noqa: E402
-from rmbandit.models.tokenizer import chat_prompt, encode_prompt_response  # noqa: E402
 from rmbandit.rewards import lm  # noqa: E402
+from rmbandit.text import RESPONSE_SHARE, chat_prompt, encode_prompt_response  # noqa: E402
 from tests.torch_oracle import save_perturbed  # noqa: E402
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -139,17 +139,53 @@ def test_bad_rm_checkpoints(tmp_path, smol_tokenizer):
         lm.judge(tmp_path / "lm", "listwise")
 
 
-def test_over_long_input_is_truncated_as_documented(smol_tokenizer):
+def test_over_long_input_keeps_the_question_and_the_response_start(smol_tokenizer):
     tok = smol_tokenizer
-    prompt = "word " * 300 + "What is the final question?"
+    prompt = "Some context: " + "word " * 300 + "What is the final question?"
     response = "answer " * 300
     enc = encode_prompt_response(tok, [prompt, "hi"], [response, ""], max_length=128)
     assert enc["input_ids"].shape == (2, 128)
     row, resp = enc["input_ids"][0], enc["response_mask"][0].astype(bool)
-    assert resp.sum() == 128 - 16                          # the response keeps its first 112 tokens
-    assert row[resp][0] == tok("answer", add_special_tokens=False).input_ids[0]
-    assert "<|im_start|>assistant" in tok.decode(row[~resp])  # the prompt keeps its end
+    assert resp.sum() == 128 - enc["prompt_lengths"][0] >= RESPONSE_SHARE * 128   # the response fills the rest
+    assert row[resp][0] == tok("answer", add_special_tokens=False).input_ids[0]      # from its start
+    asked = tok.decode(row[~resp])
+    assert asked.startswith("<|im_start|>system") and "Some context:" in asked       # the template and the
+    assert asked.endswith("What is the final question?<|im_end|>\n<|im_start|>assistant\n")   # question's ends
     assert enc["response_mask"][1].sum() == 1 and enc["input_ids"][1, -1] == tok.eos_token_id   # empty -> EOS
+
+
+def test_judge_long_response_never_pushes_the_question_out(tmp_path, smol_tokenizer):
+    """Two questions, one 20,000-character response: the judge reads both questions and
+    the rubric's answer line, so the scores differ (before, both kept the last 1024
+    tokens, all response, and scored alike)."""
+    _tiny(tmp_path, "llama", head="lm", vocab=len(smol_tokenizer), tokenizer=smol_tokenizer)
+    response = ("The answer is 42 because " * 800)[:20_000]
+    questions = ["What is six times seven?", "Which city is the capital of France?"]
+    pointwise = lm.judge(tmp_path, "pointwise", max_length=256, micro_batch=2)
+    scores = pointwise.score(questions, [response, response])
+    assert np.all(np.isfinite(scores)) and abs(scores[0] - scores[1]) > 1e-4
+    pairwise = lm.judge(tmp_path, "pairwise", max_length=256, micro_batch=4)
+    other = ("Paris has been the capital for centuries. " * 500)[:20_000]
+    prefs = pairwise.prefer(questions, [response, response], [other, other])
+    assert abs(prefs[0] - prefs[1]) > 1e-6
+
+
+def test_sequence_classifier_reads_the_question_past_a_long_response(tmp_path, smol_tokenizer):
+    _tiny(tmp_path, "llama", vocab=len(smol_tokenizer), tokenizer=smol_tokenizer)
+    response = ("The answer is 42 because " * 800)[:20_000]
+    rm = lm.sequence_classifier(tmp_path, max_length=128, micro_batch=2)
+    scores = rm.score(["What is six times seven?", "Which city is the capital of France?"], [response, response])
+    assert abs(scores[0] - scores[1]) > 1e-5
+
+
+def test_bad_judge_rubrics_fail_before_loading(tmp_path):
+    with pytest.raises(ValueError, match=r"pointwise judge rubric has the fields \['prompt'\]; it needs exactly "
+                                         r"\{prompt\}, \{response\}"):
+        lm.judge(tmp_path / "missing", "pointwise", rubric="Is this good? {prompt}")
+    with pytest.raises(ValueError, match="pairwise judge rubric has the fields"):
+        lm.judge(tmp_path / "missing", "pairwise", rubric="{prompt} {response}")
+    with pytest.raises(ValueError, match="not a valid format string"):
+        lm.judge(tmp_path / "missing", "pointwise", rubric="{prompt} {response} {")
 
 
 def test_rm_under_a_mesh_equals_single_device(tmp_path, smol_tokenizer):

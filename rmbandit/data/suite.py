@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rmbandit import text
 from rmbandit.data.generators import GENERATORS
 from rmbandit.data.task import CATEGORIES, SPLITS, Task
 
@@ -68,13 +69,10 @@ def _distinct_tasks(category: str, split: str, size: int, rng: np.random.Generat
 
 
 def chat_prompt(tokenizer, task: Task | str, system: str | None = None) -> str:
-    """The task as the model sees it: the tokenizer's chat template around one user turn,
-    ending with the assistant's generation prompt.  ``system`` replaces the template's
-    default system message, if given."""
-    content = task.prompt if isinstance(task, Task) else task
-    messages = ([{"role": "system", "content": system}] if system is not None else [])
-    messages.append({"role": "user", "content": content})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The task as the model sees it: ``rmbandit.text.chat_prompt`` of its prompt (the
+    tokenizer's chat template around one user turn, ending with the assistant's generation
+    prompt).  ``system`` replaces the template's default system message, if given."""
+    return text.chat_prompt(tokenizer, task.prompt if isinstance(task, Task) else task, system)
 
 
 def to_dataset(tasks: Sequence[Task]):

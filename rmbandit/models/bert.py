@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmbandit import text
 from rmbandit.models.config import REQUIRED_INTS, config_file, read_config_json, required_int
 from rmbandit.models.layers import RESIDUAL, dense, resolve_precision
 from rmbandit.models.loading import assemble_params, safetensors_tensors
@@ -270,11 +271,6 @@ def sentence_embeddings(model: BertEncoder, params, input_ids, attention_mask, n
 _jitted_embeddings = jax.jit(sentence_embeddings, static_argnames=("model", "normalize"))
 
 
-def bucket(n: int, cap: int, floor: int = 8) -> int:
-    """Next power of two >= n (at least ``floor``, at most ``cap``): few distinct shapes to compile."""
-    return min(cap, max(floor, 1 << max(n - 1, 0).bit_length()))
-
-
 def encode(model: BertEncoder, params, tokenizer, texts, max_length: int = 256, batch_size: int = 64,
            normalize: bool = True) -> np.ndarray:
     """Texts -> float32 [N, D] sentence embeddings.
@@ -282,7 +278,8 @@ def encode(model: BertEncoder, params, tokenizer, texts, max_length: int = 256, 
     ``tokenizer`` is the checkpoint's (``AutoTokenizer.from_pretrained(path)``).  As
     all-MiniLM-L6-v2 documents, input beyond ``max_length`` word pieces (256, including
     [CLS] and [SEP]) is truncated.  Texts are sorted by length so batches pad little; each
-    batch is padded to power-of-two rows and length, so jit compiles a handful of times."""
+    batch is right-padded to a multiple of 16 tokens and of 8 rows (``rmbandit.text``), so
+    jit compiles a handful of times."""
     if isinstance(texts, str):
         raise TypeError("encode takes a list of strings; wrap a single text in a list")
     texts = list(texts)
@@ -292,19 +289,11 @@ def encode(model: BertEncoder, params, tokenizer, texts, max_length: int = 256, 
     out = np.zeros((len(texts), model.config.hidden_size), np.float32)
     if not texts:
         return out
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
-    order = np.argsort([-len(row) for row in ids], kind="stable")
-    for start in range(0, len(texts), batch_size):
-        chosen = order[start:start + batch_size]
-        rows = [ids[i] for i in chosen]
-        width = bucket(max(len(r) for r in rows), max_length)
-        height = bucket(len(rows), batch_size, floor=1)
-        batch = np.full((height, width), pad, np.int32)
-        mask = np.zeros((height, width), np.int32)
-        for j, row in enumerate(rows):
-            batch[j, :len(row)] = row
-            mask[j, :len(row)] = 1
+    ids = text.token_ids(tokenizer, texts, special_tokens=True, max_length=max_length)
+    for chosen in text.length_groups([len(row) for row in ids], batch_size):
+        enc = text.pad([ids[i] for i in chosen], text.pad_id(tokenizer), "right", 16, max_length)
+        extra = text.bucket(len(chosen), 8, cap=batch_size) - len(chosen)       # empty rows embed as zeros
+        batch, mask = (np.pad(enc[key], ((0, extra), (0, 0))) for key in ("input_ids", "attention_mask"))
         got = _jitted_embeddings(model, params, jnp.asarray(batch), jnp.asarray(mask), normalize)
-        out[chosen] = np.asarray(got)[:len(rows)]
+        out[chosen] = np.asarray(got)[:len(chosen)]
     return out

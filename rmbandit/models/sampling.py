@@ -1,6 +1,7 @@
 """Sampling: prefill + KV-cache decode under jit, left-padded prompts, n samples per
 prompt, temperature / top-k / top-p / greedy, EOS and max-new-tokens stops, a PRNG key
-per sample.  Lengths are bucketed by the caller (``bucket``) so a run compiles a few times."""
+per sample.  Prompts come from ``rmbandit.text.encode_prompts`` (chat template, left
+padding, lengths bucketed with ``bucket``) so a run compiles a few times."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.layers import continue_prompts, grow_cache, init_cache
+from rmbandit.text import bucket          # also re-exported: callers bucket prompt lengths with it
 
 Array = jax.Array
 
@@ -18,11 +20,6 @@ class Samples(NamedTuple):
     tokens: Array          # [B * n, max_new] (pad_id after the stop)
     mask: Array            # [B * n, max_new] 1 on generated tokens, EOS included
     logprobs: Array        # [B * n, max_new] log p(token) under the unscaled model (temperature 1)
-
-
-def bucket(length: int, multiple: int = 32) -> int:
-    """Round a length up so that nearby lengths share one compiled program."""
-    return max(multiple, -(-length // multiple) * multiple)
 
 
 def filter_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:
@@ -78,7 +75,7 @@ def _last_positive(x: Array) -> Array:
 def decode_chunks(max_new_tokens: int, chunks: int, multiple: int = 8) -> list[int]:
     """Ends of the decode loop's chunks: about equal, multiples of ``multiple``, the last
     at ``max_new_tokens``."""
-    size = max(multiple, -(-max_new_tokens // (chunks * multiple)) * multiple)
+    size = bucket(-(-max_new_tokens // chunks), multiple)
     return list(range(size, max_new_tokens, size)) + [max_new_tokens]
 
 

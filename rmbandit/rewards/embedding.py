@@ -57,19 +57,17 @@ class SentenceEncoder:
     """Our Flax BERT + its tokenizer; ``__call__(texts) -> unit embeddings [N, d]``."""
 
     def __init__(self, path=None, max_length: int = 256):
-        from transformers import AutoTokenizer
-
-        from rmbandit.models import bert
+        from rmbandit.models import bert, load_tokenizer
 
         self.path = path or bert.default_encoder_path()
         self.model, self.params = bert.load_encoder(self.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer = load_tokenizer(self.path, padding_side="right")     # BERT positions start at 0
         self.max_length = max_length
         self._bert = bert
 
     def __call__(self, texts):
-        if not texts:
-            return np.zeros((0, self.model.config.hidden_size), np.float32)
+        """Texts -> unit embeddings; ``bert.encode`` tokenises them with ``rmbandit.text``
+        (the tokenizer's [CLS]/[SEP] once, the first ``max_length`` word pieces kept)."""
         return self._bert.encode(self.model, self.params, self.tokenizer, list(texts), max_length=self.max_length)
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import string
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmbandit import parallel
+from rmbandit import parallel, text
 from rmbandit.models import load_pretrained, load_tokenizer
 from rmbandit.models.functions import classifier_scores, sequence_logprobs
-from rmbandit.models.tokenizer import chat_prompt, check_tokenizer, encode_prompt_response
+from rmbandit.models.tokenizer import check_tokenizer
 from rmbandit.rewards.base import RewardModel
+from rmbandit.text import encode_prompt_response
 
 PAIRWISE_RUBRIC = ("You are a strict grader. Compare two responses to the question and pick the better one: "
                    "the one that is correct and follows every instruction.\n\nQuestion: {prompt}\n\n"
@@ -61,13 +63,13 @@ class LoadedLM:
             shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
             micro_batch = -(-micro_batch // shards) * shards
         lengths = attention_mask.sum(1)
-        order = np.argsort(-lengths, kind="stable")
+        groups = text.length_groups(lengths, micro_batch)
+        order = np.concatenate(groups)
         width = attention_mask.shape[1]
         outputs = []
-        for lo in range(0, len(order), micro_batch):
-            rows = order[lo:lo + micro_batch]
-            rows = np.concatenate([rows, np.repeat(rows[-1:], micro_batch - len(rows))])   # one batch shape
-            keep = min(width, max(multiple, -(-int(lengths[rows].max()) // multiple) * multiple))
+        for group in groups:
+            rows = np.concatenate([group, np.repeat(group[-1:], micro_batch - len(group))])   # one batch shape
+            keep = text.bucket(lengths[rows].max(), multiple, cap=width)
             arrays = [a[rows][:, width - keep:] if a.ndim == 2 and a.shape[1] == width else a[rows]
                       for a in (input_ids, attention_mask, *extra)]
             if self.mesh is None:
@@ -76,7 +78,7 @@ class LoadedLM:
                 with parallel.use_mesh(self.mesh):
                     out = jitted(self.params, *[jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim))
                                                 for a in arrays])
-            outputs.append(np.asarray(out)[:len(order[lo:lo + micro_batch])])
+            outputs.append(np.asarray(out)[:len(group)])
             self.forwards += 1
         result = np.concatenate(outputs)
         unsorted = np.empty_like(result)
@@ -109,8 +111,8 @@ def sequence_classifier(path, name: str | None = None, max_length: int = 1024, b
         raise ValueError(f"{path} has a {config.num_labels}-label head; a reward model has one output")
 
     def score(prompts, responses):
-        rows = [_full_chat(lm.tokenizer, p, r) for p, r in zip(prompts, responses)]
-        enc = _encode_texts(lm.tokenizer, rows, max_length)
+        rows = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+        enc = text.encode_slots(lm.tokenizer, functools.partial(_full_chat, lm.tokenizer), rows, max_length)
         return lm.run(_reward_head, enc["input_ids"], enc["attention_mask"], micro_batch=micro_batch)
 
     return RewardModel(name or lm.path.name, score_fn=score, batch_size=batch_size, kind="sequence_classifier",
@@ -153,59 +155,54 @@ def judge(path, mode: str = "pointwise", name: str | None = None, rubric: str | 
           max_length: int = 1024, batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
           **kwargs) -> RewardModel:
     """A generative judge.  ``rubric`` is a format string with {prompt} and {response}
-    (pointwise) or {prompt}, {a}, {b} (pairwise)."""
+    (pointwise) or {prompt}, {a}, {b} (pairwise).  Over-long input loses the responses'
+    tails, never the rubric or the question (``rmbandit.text.fit_chat``)."""
     if mode not in ("pointwise", "pairwise"):
         raise ValueError(f"judge mode must be 'pointwise' or 'pairwise', got {mode!r}")
+    rubric = rubric or (POINTWISE_RUBRIC if mode == "pointwise" else PAIRWISE_RUBRIC)
+    _check_rubric(rubric, mode)
     lm = lm or LoadedLM(path, dtype, mesh)
     tok = lm.tokenizer
     options = ("Yes", "No") if mode == "pointwise" else ("A", "B")
-    option_ids = [_first_token(tok, o) for o in options]
-    rubric = rubric or (POINTWISE_RUBRIC if mode == "pointwise" else PAIRWISE_RUBRIC)
+    option_ids = [text.first_token(tok, o) for o in options]
 
-    def next_token(texts):
-        enc = _encode_texts(tok, [chat_prompt(tok, t) for t in texts], max_length)
+    def next_token(rows):
+        enc = text.encode_slots(tok, lambda slots: text.chat_prompt(tok, rubric.format(**slots)), rows, max_length)
         logp = lm.run(_next_token_logprobs, enc["input_ids"], enc["attention_mask"], micro_batch=micro_batch)
         return logp[:, option_ids[0]] - logp[:, option_ids[1]]       # log-odds of the first option
 
     if mode == "pointwise":
         def score(prompts, responses):
-            return next_token([rubric.format(prompt=p, response=r) for p, r in zip(prompts, responses)])
+            return next_token([{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
         return RewardModel(name or f"{lm.path.stem}-judge", score_fn=score, batch_size=batch_size, kind="judge",
                            model_calls=lambda: lm.forwards, **kwargs)
 
     def prefer(prompts, a, b):
         n = len(prompts)
-        texts = ([rubric.format(prompt=p, a=x, b=y) for p, x, y in zip(prompts, a, b)]
-                 + [rubric.format(prompt=p, a=y, b=x) for p, x, y in zip(prompts, a, b)])
-        odds = next_token(texts)
+        odds = next_token([{"prompt": p, "a": x, "b": y} for p, x, y in zip(prompts, a, b)]
+                          + [{"prompt": p, "a": y, "b": x} for p, x, y in zip(prompts, a, b)])
         first = 1.0 / (1.0 + np.exp(-odds))                      # P(A) renormalised over {A, B}
         return 0.5 * (first[:n] + (1.0 - first[n:]))             # a in slot A, then a in slot B
     return RewardModel(name or f"{lm.path.stem}-pairjudge", prefer_fn=prefer, batch_size=batch_size,
                        kind="pairwise_judge", model_calls=lambda: lm.forwards, **kwargs)
 
 
-def _first_token(tokenizer, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False).input_ids
-    if not ids:
-        raise ValueError(f"the tokenizer encodes {word!r} as no tokens")
-    return ids[0]
+RUBRIC_FIELDS = {"pointwise": {"prompt", "response"}, "pairwise": {"prompt", "a", "b"}}
 
 
-def _full_chat(tokenizer, prompt: str, response: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": response}], tokenize=False)
-    return f"{prompt}\n{response}"
+def _check_rubric(rubric: str, mode: str) -> None:
+    """Before any model loads: the rubric names exactly the fields its mode fills."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(rubric) if name is not None}
+    except ValueError as err:
+        raise ValueError(f"the {mode} judge rubric is not a valid format string ({err}); "
+                         "write literal braces as {{ and }}") from None
+    if fields != RUBRIC_FIELDS[mode]:
+        needed = ", ".join("{" + field + "}" for field in sorted(RUBRIC_FIELDS[mode]))
+        raise ValueError(f"the {mode} judge rubric has the fields {sorted(fields)}; it needs exactly {needed} "
+                         "(literal braces as {{ and }})")
 
 
-def _encode_texts(tokenizer, texts, max_length: int, multiple: int = 32):
-    """Left-padded, bucketed ids of whole texts; an over-long text keeps its last
-    ``max_length`` tokens (the response and the verdict slot are at the end)."""
-    rows = [tokenizer(t, add_special_tokens=False).input_ids[-max_length:] for t in texts]
-    width = max(multiple, -(-max(map(len, rows)) // multiple) * multiple)
-    ids = np.full((len(rows), width), tokenizer.pad_token_id or 0, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+def _full_chat(tokenizer, slots) -> str:
+    return text.chat_text(tokenizer, slots["prompt"], slots["response"])
+
