@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 PreferFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
+OnInvalid = Literal["raise", "drop"]
 
 
 class RewardModelError(RuntimeError):
@@ -76,7 +77,7 @@ class RewardModel:
     score_fn: ScoreFn | None = None
     prefer_fn: PreferFn | None = None
     batch_size: int = 64
-    on_invalid: str = "raise"
+    on_invalid: OnInvalid = "raise"
     kind: str = "custom"
     cost: Cost = dataclasses.field(default_factory=Cost)
     # a counter of the underlying model's forward passes (an LM RM splits a batch into
