@@ -49,7 +49,7 @@ class LMOptions:
     max_length: int = 1024               # tokens per scored text; longer ones are truncated
     batch_size: int = 256                # items per RM call (``RewardModel.batch_size``)
     micro_batch: int = 16                # rows per forward pass
-    dtype: str = "float32"               # of the weights and activations: float32, bfloat16, float16
+    dtype: str = "float32"               # weights and activations: float32, bfloat16, float16 (or a jnp type)
     mesh: jax.sharding.Mesh | None = None   # load sharded, split each micro-batch over data x fsdp
     on_invalid: OnInvalid = "raise"
 
@@ -80,7 +80,8 @@ class LMOptions:
         return LoadedLM(path, self.dtype, self.mesh, tokenizer)
 
     def unpack(self):
-        """name, max_length, batch_size, micro_batch and the RewardModel's extra keywords."""
+        """name, max_length, batch_size, micro_batch and the RewardModel's extra keywords: the
+        names the factories' bodies use."""
         return self.name, self.max_length, self.batch_size, self.micro_batch, {"on_invalid": self.on_invalid}
 
 
@@ -148,9 +149,9 @@ def _next_token_logprobs(model, params, ids, mask):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def sequence_classifier(path: str | os.PathLike, *, lm: LoadedLM | None = None, **options) -> RewardModel:
-    """``options``: the fields of ``LMOptions``."""
-    opts = LMOptions.of("sequence_classifier", options)
+def sequence_classifier(path: str | os.PathLike, *, lm: LoadedLM | None = None, **lm_options) -> RewardModel:
+    """``lm_options``: the fields of ``LMOptions``."""
+    opts = LMOptions.of("sequence_classifier", lm_options)
     name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
     lm = lm or opts.load(path)
     config = lm.model.config
@@ -170,10 +171,10 @@ def sequence_classifier(path: str | os.PathLike, *, lm: LoadedLM | None = None, 
 
 
 def implicit_dpo(path: str | os.PathLike, reference_path: str | os.PathLike, beta: float = 0.1,
-                 **options) -> RewardModel:
+                 **lm_options) -> RewardModel:
     """beta * (log pi(y|x) - log pi_ref(y|x)); both models must share a tokenizer.
-    ``options``: the fields of ``LMOptions``."""
-    opts = LMOptions.of("implicit_dpo", options)
+    ``lm_options``: the fields of ``LMOptions``."""
+    opts = LMOptions.of("implicit_dpo", lm_options)
     name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
     policy = opts.load(path)
     reference = opts.load(reference_path, tokenizer=policy.tokenizer)
@@ -189,10 +190,10 @@ def implicit_dpo(path: str | os.PathLike, reference_path: str | os.PathLike, bet
 
 
 def log_likelihood(path: str | os.PathLike, normalize: bool = True, *, lm: LoadedLM | None = None,
-                   **options) -> RewardModel:
+                   **lm_options) -> RewardModel:
     """Reference-free implicit reward: mean (``normalize``) or total log-prob of the response.
-    ``options``: the fields of ``LMOptions``."""
-    opts = LMOptions.of("log_likelihood", options)
+    ``lm_options``: the fields of ``LMOptions``."""
+    opts = LMOptions.of("log_likelihood", lm_options)
     name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
     lm = lm or opts.load(path)
 
@@ -207,12 +208,12 @@ def log_likelihood(path: str | os.PathLike, normalize: bool = True, *, lm: Loade
 
 
 def judge(path: str | os.PathLike, mode: Literal["pointwise", "pairwise"] = "pointwise", rubric: str | None = None,
-          *, lm: LoadedLM | None = None, **options) -> RewardModel:
+          *, lm: LoadedLM | None = None, **lm_options) -> RewardModel:
     """A generative judge.  ``rubric`` is a format string with {prompt} and {response}
-    (pointwise) or {prompt}, {a}, {b} (pairwise).  ``options``: the fields of ``LMOptions``."""
+    (pointwise) or {prompt}, {a}, {b} (pairwise).  ``lm_options``: the fields of ``LMOptions``."""
     if mode not in ("pointwise", "pairwise"):
         raise ValueError(f"judge mode must be 'pointwise' or 'pairwise', got {mode!r}")
-    opts = LMOptions.of("judge", options)
+    opts = LMOptions.of("judge", lm_options)
     name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
     lm = lm or opts.load(path)
     tok = lm.tokenizer

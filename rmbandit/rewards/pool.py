@@ -124,9 +124,11 @@ def builder_keys(kind: str) -> dict[str, Key]:
 
 def kind_keys(kind: str) -> dict[str, Key]:
     """Every valid entry key of ``kind``: its builder's, then the wrappers'."""
+    keys = builder_keys(kind)
     hints = typing.get_type_hints(Wrapping)
-    wrapping = {f.name: Key(hints[f.name], f.default) for f in dataclasses.fields(Wrapping)}
-    return {**builder_keys(kind), **{k: v for k, v in wrapping.items() if k not in builder_keys(kind)}}
+    for field in dataclasses.fields(Wrapping):
+        keys.setdefault(field.name, Key(hints[field.name], field.default))     # a random RM's seed is its own
+    return keys
 
 
 def _type_ok(value, hint) -> bool:
