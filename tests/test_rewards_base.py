@@ -177,5 +177,6 @@ def test_a_state_from_another_rm_is_refused():
     noisy, other = with_noise(length_rm(), 1.0, seed=1), with_noise(length_rm(), 1.0, seed=2)
     with pytest.raises(ValueError, match="saved noise RNG has seed 1, this RM was built with seed 2"):
         other.load_state_dict(noisy.state_dict())
-    with pytest.raises(ValueError, match="RM 'length' \\(custom\\): the state to restore has keys \\['cost', 'inner', 'rng'\\]"):
+    with pytest.raises(ValueError, match="RM 'length' \\(custom\\): the state to restore has keys "
+                                         "\\['cost', 'inner', 'rng'\\], this RM has \\['cost'\\]"):
         length_rm().load_state_dict(noisy.state_dict())

@@ -125,6 +125,8 @@ def test_the_whole_pool_is_checked_before_any_model_loads(monkeypatch):
     assert lines[0] == "bad RM config:" and len(lines) == 3           # every problem, in one error
     assert "#2 ('inv'), kind verifier: key 'invert' must be bool" in lines[1]
     assert "#3 ('coin'), kind random: unknown key 'sede' (did you mean 'seed'?)" in lines[2]
+    with pytest.raises(ValueError, match="the numeric verifier needs the tasks"):    # built before the judge
+        pool.build_pool([entries[0], {"kind": "verifier", "verifier": "numeric"}], tasks=None)
 
 
 def test_the_registry_alone_defines_a_kind(monkeypatch):

@@ -57,15 +57,17 @@ class Kind:
     build: Callable[..., RewardModel]
     about: str
     options: type | None = None
+    loads_model: bool = False      # built after the kinds that do not, so their errors come first
 
 
 KINDS = {
     "sequence_classifier": Kind(lm.sequence_classifier, "HF *ForSequenceClassification RM (Skywork-Reward, GRM, ...)",
-                                lm.LMOptions),
-    "implicit_dpo": Kind(lm.implicit_dpo, "beta * (log pi - log pi_ref) of a DPO-trained LM", lm.LMOptions),
-    "log_likelihood": Kind(lm.log_likelihood, "reference-free length-normalised log-likelihood", lm.LMOptions),
-    "judge": Kind(lm.judge, "generative judge, Yes/No (pointwise) or A/B both orders (pairwise)", lm.LMOptions),
-    "roscoe": Kind(_roscoe, "ROSCOE-style sentence-embedding metric on MiniLM"),
+                                lm.LMOptions, loads_model=True),
+    "implicit_dpo": Kind(lm.implicit_dpo, "beta * (log pi - log pi_ref) of a DPO-trained LM", lm.LMOptions, True),
+    "log_likelihood": Kind(lm.log_likelihood, "reference-free length-normalised log-likelihood", lm.LMOptions, True),
+    "judge": Kind(lm.judge, "generative judge, Yes/No (pointwise) or A/B both orders (pairwise)", lm.LMOptions,
+                  True),
+    "roscoe": Kind(_roscoe, "ROSCOE-style sentence-embedding metric on MiniLM", loads_model=True),
     "verifier": Kind(_verifier, "rule verifier on the bundled tasks"),
     "random": Kind(wrappers.random_rm, "random binary RM"),
 }
@@ -291,7 +293,8 @@ def build_rm(entry: dict, tasks=None, shared: _Shared | None = None) -> RewardMo
 
 
 def build_pool(entries=DEFAULT_POOL, tasks=None) -> list[RewardModel]:
-    """Every entry is checked before any model loads; entries on one path share a model."""
+    """Every entry is checked before any model loads (and the kinds that load none are built
+    first); entries on one path share a model."""
     entries = list(entries)
     check_entries(entries)
     for entry in entries:                          # a missing model package, before any loading
@@ -299,7 +302,9 @@ def build_pool(entries=DEFAULT_POOL, tasks=None) -> list[RewardModel]:
             if key.endswith("path"):
                 resolve_path(value)
     shared = _Shared(tasks)
-    pool = [_build(e, shared) for e in entries]
+    pool: list = [None] * len(entries)
+    for i in sorted(range(len(entries)), key=lambda i: KINDS[entries[i]["kind"]].loads_model):
+        pool[i] = _build(entries[i], shared)
     names = [rm.name for rm in pool]
     if len(set(names)) != len(names):
         raise ValueError(f"RM names in a pool must be unique (the router's arms): {names}; give the entries names")
