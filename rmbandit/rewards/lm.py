@@ -210,7 +210,7 @@ def log_likelihood(path: str | os.PathLike, normalize: bool = True, *, lm: Loade
 def judge(path: str | os.PathLike, mode: Literal["pointwise", "pairwise"] = "pointwise", rubric: str | None = None,
           *, lm: LoadedLM | None = None, **lm_options) -> RewardModel:
     """A generative judge.  ``rubric`` is a format string with {prompt} and {response}
-    (pointwise) or {prompt}, {a}, {b} (pairwise).  ``lm_options``: the fields of ``LMOptions``."""
+    (pointwise) or {prompt}, {a}, {b} (pairwise)."""
     if mode not in ("pointwise", "pairwise"):
         raise ValueError(f"judge mode must be 'pointwise' or 'pairwise', got {mode!r}")
     opts = LMOptions.of("judge", lm_options)
