@@ -214,7 +214,7 @@ def _check_columns(name, **columns):
                             f"wrap it in a list")
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"RM {name!r}: inputs differ in length {lengths}; pass one {' / '.join(lengths)} per item")
+        raise ValueError(f"RM {name!r}: inputs differ in length {lengths}; each needs one entry per item")
     if not next(iter(lengths.values())):
         raise ValueError(f"RM {name!r}: empty batch (0 {' / '.join(lengths)}); call it with at least one item")
     for key, column in columns.items():
