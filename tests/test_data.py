@@ -16,12 +16,12 @@ from rmbandit.data import (CATEGORIES, FORMAT_KINDS, Task, chat_prompt, check_fo
 
 @pytest.fixture(scope="module")
 def train():
-    return load_suite("train", 120)
+    return load_suite("train", size_per_category=120)
 
 
 @pytest.fixture(scope="module")
 def test_tasks():
-    return load_suite("test", 60)
+    return load_suite("test", size_per_category=60)
 
 
 def _by_category(tasks):
@@ -35,9 +35,9 @@ def _by_category(tasks):
 
 def test_same_seed_gives_identical_tasks_and_another_seed_different_ones():
     for split in ("train", "test"):
-        first = load_suite(split, 30, seed=7)
-        assert first == load_suite(split, 30, seed=7)
-        other = load_suite(split, 30, seed=8)
+        first = load_suite(split, size_per_category=30, seed=7)
+        assert first == load_suite(split, size_per_category=30, seed=7)
+        other = load_suite(split, size_per_category=30, seed=8)
         for category in CATEGORIES:
             a = [t.prompt for t in first if t.category == category]
             b = [t.prompt for t in other if t.category == category]
@@ -45,7 +45,7 @@ def test_same_seed_gives_identical_tasks_and_another_seed_different_ones():
 
 
 def test_asking_for_some_categories_changes_none_of_their_tasks(train):
-    only = load_suite("train", 120, categories=["factual", "arithmetic"])
+    only = load_suite("train", size_per_category=120, categories=["factual", "arithmetic"])
     assert [t.category for t in only] == ["factual"] * 120 + ["arithmetic"] * 120
     assert [t for t in only if t.category == "factual"] == _by_category(train)["factual"]
 
@@ -64,16 +64,18 @@ def test_bad_arguments_name_the_valid_values():
     with pytest.raises(ValueError, match="train, test"):
         load_suite("validation")
     with pytest.raises(ValueError, match="arithmetic, multiple_choice, format, factual"):
-        load_suite("train", 5, categories=["poetry"])
+        load_suite("train", size_per_category=5, categories=["poetry"])
     with pytest.raises(ValueError, match="positive integer"):
-        load_suite("train", 0)
+        load_suite("train", size_per_category=0)
     with pytest.raises(ValueError, match="distinct"):
-        load_suite("test", 100_000, categories=["format"])   # more than the test topics can make
+        load_suite("test", size_per_category=100_000, categories=["format"])   # more than the test topics can make
+    with pytest.raises(TypeError, match="positional"):       # (split, size, seed) once made 7 the categories
+        load_suite("train", 30, 7)
 
 
 def test_splits_are_disjoint_by_prompt_and_by_subject_for_every_seed():
-    train = [t for seed in (0, 1, 2) for t in load_suite("train", 150, seed=seed)]
-    test = [t for seed in (0, 1, 2) for t in load_suite("test", 80, seed=seed)]
+    train = [t for seed in (0, 1, 2) for t in load_suite("train", size_per_category=150, seed=seed)]
+    test = [t for seed in (0, 1, 2) for t in load_suite("test", size_per_category=80, seed=seed)]
     assert not {t.prompt for t in train} & {t.prompt for t in test}
     # no test subject is asked about (or offered as an option) in a training prompt
     train_text = "\n".join(t.prompt for t in train if t.category in ("factual", "multiple_choice"))

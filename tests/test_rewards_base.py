@@ -1,5 +1,7 @@
 """The RM interface and its wrappers: batching and cost, prefer from scores, invalid output
 policies, noise / random / inverted / cached statistics."""
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -45,7 +47,7 @@ def test_an_rm_that_raises_is_named_and_wrong_shapes_are_errors():
         RewardModel("short", score_fn=lambda p, r: np.zeros(1)).score(["q", "q"], ["a", "b"])
     with pytest.raises(ValueError, match="differ in length"):
         length_rm().score(["q"], ["a", "b"])
-    with pytest.raises(TypeError, match="one string"):
+    with pytest.raises(TypeError, match="one str"):
         length_rm().score("q", "a")
     with pytest.raises(ValueError, match="score_fn .* or a prefer_fn"):
         RewardModel("nothing")
@@ -82,10 +84,99 @@ def test_cache_scores_each_pair_once():
     np.testing.assert_array_equal(rm.score(["q", "q", "r"], ["aa", "aa", "b"]), [2, 2, 1])
     assert base.cost.items == 2                            # the repeated pair was scored once
     np.testing.assert_array_equal(rm.score(["r", "q", "q"], ["b", "aa", "ccc"]), [1, 2, 3])
-    assert base.cost.items == 3 and len(rm.cache) == 3
+    assert base.cost.items == 3 and len(rm.parts["cache"]) == 3
     assert rm.cost.calls == base.cost.calls == 2            # [aa, b] then [ccc]
     rm.score(["q"], ["aa"])
     assert rm.cost.calls == 2                              # a pure cache hit calls no model
-    assert ("length", "q", "ccc") in rm.cache
+    assert ("q", "ccc") in rm.parts["cache"]
     with pytest.raises(TypeError, match="pairwise judge"):
         cached(RewardModel("judge", prefer_fn=lambda p, a, b: np.full(len(p), 0.5)))
+
+
+def test_drop_covers_an_rm_that_raises_and_drops_only_the_failing_items():
+    def picky(prompts, responses):
+        if "bad" in responses:
+            raise KeyError("no task for this prompt")
+        return np.array([len(r) for r in responses], np.float32)
+
+    rm = RewardModel("picky", score_fn=picky, on_invalid="drop", batch_size=3)
+    scores = rm.score(["q"] * 4, ["ok", "bad", "okay", "o"])
+    np.testing.assert_array_equal(scores[[0, 2, 3]], [2, 4, 1])      # the batch was re-scored item by item
+    assert np.isnan(scores[1]) and rm.cost.invalid == 1
+    _, keep, p = label_pairs(rm, ["q"] * 2, ["bad", "ok"], ["ok", "okay"])
+    assert keep.tolist() == [False, True] and np.isnan(p[0])
+    with pytest.raises(RewardModelError, match="RM 'picky' \\(custom\\) failed: KeyError"):
+        RewardModel("picky", score_fn=picky).score(["q"] * 2, ["ok", "bad"])
+    with pytest.raises(RewardModelError, match="returned 1 values"):     # a broken RM is never dropped
+        RewardModel("short", score_fn=lambda p, r: np.zeros(1), on_invalid="drop").score(["q"] * 2, ["a", "b"])
+
+
+def test_bad_inputs_are_named():
+    rm = length_rm()
+    with pytest.raises(ValueError, match="RM 'length': empty batch \\(0 prompts / responses\\)"):
+        rm.score([], [])
+    with pytest.raises(ValueError, match="differ in length \\{'prompts': 1, 'a': 2, 'b': 2\\}"):
+        rm.prefer(["q"], ["a", "b"], ["c", "d"])
+    with pytest.raises(TypeError, match="RM 'length': responses\\[1\\] is NoneType \\(None\\), not str"):
+        rm.score(["q", "q"], ["a", None])
+    with pytest.raises(TypeError, match="prompts\\[0\\] is int"):
+        RewardModel("drops", score_fn=lambda p, r: np.zeros(len(p)), on_invalid="drop").score([3], ["a"])
+
+
+def test_the_cache_never_stores_a_failed_or_non_finite_score():
+    seen = []
+
+    def flaky(prompts, responses):          # NaN the first time it sees "late", then 5
+        out = [np.nan if r == "late" and r not in seen else float(len(r)) for r in responses]
+        seen.extend(responses)
+        return np.array(out, np.float32)
+
+    base = RewardModel("flaky", score_fn=flaky, on_invalid="drop")
+    rm = cached(base)
+    first = rm.score(["q", "q"], ["late", "ab"])
+    assert np.isnan(first[0]) and first[1] == 2 and len(rm.parts["cache"]) == 1
+    np.testing.assert_array_equal(rm.score(["q", "q"], ["late", "ab"]), [4, 2])     # asked again, now cached
+    assert ("q", "late") in rm.parts["cache"] and all(np.isfinite(rm.parts["cache"].state_dict()["scores"]))
+
+    def broken(prompts, responses):
+        raise RuntimeError("out of memory")
+
+    failing = cached(RewardModel("broken", score_fn=broken))
+    with pytest.raises(RewardModelError, match="out of memory"):
+        failing.score(["q"], ["a"])
+    assert len(failing.parts["cache"]) == 0
+
+
+def _stateful_rms(seed):
+    """Every stateful kind of RM: random draws, noise on scores and on a judge, a cache."""
+    judge = RewardModel("judge", prefer_fn=lambda p, a, b: np.full(len(p), 0.7))
+    return [random_rm(seed=seed), with_noise(length_rm(batch_size=2), 0.5, seed=seed),
+            with_noise(judge, 1.0, seed=seed), cached(with_noise(length_rm(), 1.0, seed=seed))]
+
+
+def _label(rm, step):
+    prompts = [f"q{step}"] * 4
+    a, b = ["a" * (step % 3), "bb", "ccc", "d"], ["e", "ff" * step, "g", "hh"]
+    return label_pairs(rm, prompts, a, b)[2]
+
+
+def test_state_dict_resumes_the_exact_labels():
+    for rm, fresh in zip(_stateful_rms(7), _stateful_rms(7)):
+        for step in (1, 2, 3):
+            _label(rm, step)
+        saved = json.loads(json.dumps(rm.state_dict()))               # JSON as it is
+        want = [_label(rm, step) for step in (4, 5, 6)]
+        assert not np.array_equal(want[0], _label(fresh, 4)), rm.name   # the state matters
+        fresh.load_state_dict(saved)
+        got = [_label(fresh, step) for step in (4, 5, 6)]
+        np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=rm.name)
+        assert fresh.cost.items == rm.cost.items
+
+
+def test_a_state_from_another_rm_is_refused():
+    noisy, other = with_noise(length_rm(), 1.0, seed=1), with_noise(length_rm(), 1.0, seed=2)
+    with pytest.raises(ValueError, match="saved noise RNG has seed 1, this RM was built with seed 2"):
+        other.load_state_dict(noisy.state_dict())
+    with pytest.raises(ValueError, match="RM 'length' \\(custom\\): the state to restore has keys "
+                                         "\\['cost', 'inner', 'rng'\\], this RM has \\['cost'\\]"):
+        length_rm().load_state_dict(noisy.state_dict())

@@ -201,3 +201,15 @@ def test_rm_under_a_mesh_equals_single_device(tmp_path, smol_tokenizer):
     sharded = lm.sequence_classifier(tmp_path, micro_batch=2, lm=loaded)
     np.testing.assert_allclose(sharded.score(prompts, responses), want, atol=1e-5)
     assert sharded.cost.calls == 2                         # micro-batches rounded up to 4 rows (data x fsdp)
+
+
+def test_lm_options_are_checked_before_any_model_loads(tmp_path):
+    missing = tmp_path / "no-checkpoint-here"              # loading it would be another error
+    with pytest.raises(TypeError, match="sequence_classifier\\(\\) got an unknown option 'micro_btach' \\(did you "
+                                        "mean 'micro_batch'\\?\\); its options: name, max_length, batch_size"):
+        lm.sequence_classifier(missing, micro_btach=2)
+    with pytest.raises(ValueError, match="max_length must be a positive integer, got 0"):
+        lm.judge(missing, max_length=0)
+    with pytest.raises(ValueError, match="dtype must be a float dtype .*got 'int8'"):
+        lm.implicit_dpo(missing, missing, dtype="int8")
+    assert lm.LMOptions(dtype="bfloat16").micro_batch == 16

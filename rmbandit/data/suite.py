@@ -29,10 +29,11 @@ DEFAULT_SIZE = {"train": 200, "test": 50}
 _MAX_FRUITLESS_DRAWS = 5000
 
 
-def load_suite(split: str = "train", size_per_category: int | None = None, categories: Sequence[str] | None = None,
-               seed: int = 0) -> list[Task]:
+def load_suite(split: str = "train", *, size_per_category: int | None = None,
+               categories: Sequence[str] | None = None, seed: int = 0) -> list[Task]:
     """``size_per_category`` distinct tasks of each category (default 200 train, 50 test), grouped
-    by category in the order asked.  The same arguments always give the same tasks."""
+    by category in the order asked.  The same arguments always give the same tasks.  All but
+    ``split`` are keyword-only: a seed passed where a size or the categories go is an error."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     categories = CATEGORIES if categories is None else tuple(categories)

@@ -11,12 +11,20 @@
 
 Every forward is jitted once per bucketed length; with ``mesh`` the weights load straight
 onto their shardings and each batch is split over ``data`` x ``fsdp``.
+
+The options all four share (name, lengths, batch sizes, dtype, mesh, on_invalid) are one
+dataclass, ``LMOptions``; each factory takes them as keyword arguments
+(``judge(path, "pairwise", micro_batch=8)``), and a config entry as keys.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
+import os
 import pathlib
 import string
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +34,7 @@ from rmbandit import parallel, text
 from rmbandit.models import load_pretrained, load_tokenizer
 from rmbandit.models.functions import classifier_scores, sequence_logprobs
 from rmbandit.models.tokenizer import check_tokenizer
-from rmbandit.rewards.base import RewardModel
+from rmbandit.rewards.base import OnInvalid, RewardModel
 from rmbandit.text import encode_prompt_response
 
 PAIRWISE_RUBRIC = ("You are a strict grader. Compare two responses to the question and pick the better one: "
@@ -36,12 +44,55 @@ POINTWISE_RUBRIC = ("You are a strict grader. Is the response to the question co
                     "instruction?\n\nQuestion: {prompt}\n\nResponse: {response}\n\nAnswer with one word, Yes or No.")
 
 
+@dataclasses.dataclass(frozen=True)
+class LMOptions:
+    """What every LM RM factory takes, besides its own arguments."""
+    name: str | None = None              # the RM's name (the router's arm); default from the checkpoint
+    max_length: int = 1024               # tokens per scored text; longer ones are truncated
+    batch_size: int = 256                # items per RM call (``RewardModel.batch_size``)
+    micro_batch: int = 16                # rows per forward pass
+    dtype: str = "float32"               # weights and activations: float32, bfloat16, float16 (or a jnp type)
+    mesh: jax.sharding.Mesh | None = None   # load sharded, split each micro-batch over data x fsdp
+    on_invalid: OnInvalid = "raise"
+
+    def __post_init__(self):
+        for key in ("max_length", "batch_size", "micro_batch"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        try:
+            dtype = jnp.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"dtype must be a float dtype (float32, bfloat16, float16), got {self.dtype!r}")
+
+    @classmethod
+    def of(cls, factory: str, options: dict) -> LMOptions:
+        """``LMOptions(**options)``, with an error that names the factory and the valid options."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in valid]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{factory}() got an unknown option {unknown[0]!r}{hint}; its options: {', '.join(valid)}")
+        return cls(**options)
+
+    def load(self, path, tokenizer=None) -> LoadedLM:
+        return LoadedLM(path, self.dtype, self.mesh, tokenizer)
+
+    def unpack(self):
+        """name, max_length, batch_size, micro_batch and the RewardModel's extra keywords: the
+        names the factories' bodies use."""
+        return self.name, self.max_length, self.batch_size, self.micro_batch, {"on_invalid": self.on_invalid}
+
+
 class LoadedLM:
     """A model, its params and tokenizer, checked to belong together, and jitted calls."""
 
-    def __init__(self, path, dtype=jnp.float32, mesh=None, tokenizer=None):
+    def __init__(self, path, dtype="float32", mesh=None, tokenizer=None):
         self.path = pathlib.Path(path)
-        self.model, self.params = load_pretrained(path, dtype=dtype, mesh=mesh)
+        self.model, self.params = load_pretrained(path, dtype=jnp.dtype(dtype), mesh=mesh)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
         check_tokenizer(self.model.config, self.tokenizer)
         self.mesh = mesh
@@ -100,9 +151,11 @@ def _next_token_logprobs(model, params, ids, mask):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def sequence_classifier(path, name: str | None = None, max_length: int = 1024, batch_size: int = 256, micro_batch: int = 16,
-                        dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None, **kwargs) -> RewardModel:
-    lm = lm or LoadedLM(path, dtype, mesh)
+def sequence_classifier(path: str | os.PathLike, *, lm: LoadedLM | None = None, **lm_options) -> RewardModel:
+    """``lm_options``: the fields of ``LMOptions``."""
+    opts = LMOptions.of("sequence_classifier", lm_options)
+    name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
+    lm = lm or opts.load(path)
     config = lm.model.config
     if not config.num_labels:
         raise ValueError(f"{path} is a causal LM, not a *ForSequenceClassification reward model; use "
@@ -119,11 +172,14 @@ def sequence_classifier(path, name: str | None = None, max_length: int = 1024, b
                        model_calls=lambda: lm.forwards, **kwargs)
 
 
-def implicit_dpo(path, reference_path, beta: float = 0.1, name: str | None = None, max_length: int = 1024,
-                 batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, **kwargs) -> RewardModel:
-    """beta * (log pi(y|x) - log pi_ref(y|x)); both models must share a tokenizer."""
-    policy = LoadedLM(path, dtype, mesh)
-    reference = LoadedLM(reference_path, dtype, mesh, tokenizer=policy.tokenizer)
+def implicit_dpo(path: str | os.PathLike, reference_path: str | os.PathLike, beta: float = 0.1,
+                 **lm_options) -> RewardModel:
+    """beta * (log pi(y|x) - log pi_ref(y|x)); both models must share a tokenizer.
+    ``lm_options``: the fields of ``LMOptions``."""
+    opts = LMOptions.of("implicit_dpo", lm_options)
+    name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
+    policy = opts.load(path)
+    reference = opts.load(reference_path, tokenizer=policy.tokenizer)
 
     def score(prompts, responses):
         enc = encode_prompt_response(policy.tokenizer, prompts, responses, max_length)
@@ -135,11 +191,13 @@ def implicit_dpo(path, reference_path, beta: float = 0.1, name: str | None = Non
                        kind="implicit_dpo", model_calls=lambda: policy.forwards + reference.forwards, **kwargs)
 
 
-def log_likelihood(path, name: str | None = None, normalize: bool = True, max_length: int = 1024,
-                   batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
-                   **kwargs) -> RewardModel:
-    """Reference-free implicit reward: mean (``normalize``) or total log-prob of the response."""
-    lm = lm or LoadedLM(path, dtype, mesh)
+def log_likelihood(path: str | os.PathLike, normalize: bool = True, *, lm: LoadedLM | None = None,
+                   **lm_options) -> RewardModel:
+    """Reference-free implicit reward: mean (``normalize``) or total log-prob of the response.
+    ``lm_options``: the fields of ``LMOptions``."""
+    opts = LMOptions.of("log_likelihood", lm_options)
+    name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
+    lm = lm or opts.load(path)
 
     def score(prompts, responses):
         enc = encode_prompt_response(lm.tokenizer, prompts, responses, max_length)
@@ -151,17 +209,18 @@ def log_likelihood(path, name: str | None = None, normalize: bool = True, max_le
                        kind="log_likelihood", model_calls=lambda: lm.forwards, **kwargs)
 
 
-def judge(path, mode: str = "pointwise", name: str | None = None, rubric: str | None = None,
-          max_length: int = 1024, batch_size: int = 256, micro_batch: int = 16, dtype=jnp.float32, mesh=None, lm: LoadedLM | None = None,
-          **kwargs) -> RewardModel:
+def judge(path: str | os.PathLike, mode: Literal["pointwise", "pairwise"] = "pointwise", rubric: str | None = None,
+          *, lm: LoadedLM | None = None, **lm_options) -> RewardModel:
     """A generative judge.  ``rubric`` is a format string with {prompt} and {response}
     (pointwise) or {prompt}, {a}, {b} (pairwise).  Over-long input loses the responses'
     tails, never the rubric or the question (``rmbandit.text.fit_chat``)."""
     if mode not in ("pointwise", "pairwise"):
         raise ValueError(f"judge mode must be 'pointwise' or 'pairwise', got {mode!r}")
+    opts = LMOptions.of("judge", lm_options)
+    name, max_length, batch_size, micro_batch, kwargs = opts.unpack()
     rubric = rubric or (POINTWISE_RUBRIC if mode == "pointwise" else PAIRWISE_RUBRIC)
     _check_rubric(rubric, mode)
-    lm = lm or LoadedLM(path, dtype, mesh)
+    lm = lm or opts.load(path)
     tok = lm.tokenizer
     options = ("Yes", "No") if mode == "pointwise" else ("A", "B")
     option_ids = [text.first_token(tok, o) for o in options]

@@ -15,15 +15,16 @@ yields no preference.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
 from rmbandit import data
-from rmbandit.rewards.base import RewardModel
+from rmbandit.rewards.base import OnInvalid, RewardModel
 
 ABSTAIN = 0.5
-KINDS = ("correctness", "numeric", "format", "length")
+VerifierKind = Literal["correctness", "numeric", "format", "length"]
+KINDS = get_args(VerifierKind)
 
 
 def task_index(tasks: Iterable) -> dict:
@@ -59,12 +60,13 @@ def _format(task, response):
 RULES = {"correctness": _correctness, "numeric": _numeric, "format": _format}
 
 
-def verifier(kind: str, tasks: Iterable, name: str | None = None, **kwargs) -> RewardModel:
+def verifier(kind: VerifierKind, tasks: Iterable = (), name: str | None = None,
+             on_invalid: OnInvalid = "raise") -> RewardModel:
     if kind not in KINDS:
         raise ValueError(f"unknown verifier kind {kind!r}; choose from {KINDS}")
     if kind == "length":
         return RewardModel(name or "length", score_fn=lambda p, r: -np.array([len(x) for x in r], np.float32),
-                           batch_size=1 << 16, kind="verifier:length", **kwargs)
+                           batch_size=1 << 16, kind="verifier:length", on_invalid=on_invalid)
     index = task_index(tasks)
     if not index:
         raise ValueError(f"the {kind} verifier needs the tasks whose prompts it will score; got none")
@@ -81,4 +83,4 @@ def verifier(kind: str, tasks: Iterable, name: str | None = None, **kwargs) -> R
         return out
 
     return RewardModel(name or f"{kind}-verifier", score_fn=score, batch_size=1 << 16, kind=f"verifier:{kind}",
-                       **kwargs)
+                       on_invalid=on_invalid)
