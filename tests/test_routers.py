@@ -75,6 +75,22 @@ def test_per_item_router_gives_one_arm_per_row_and_credits_each():
     np.testing.assert_array_equal(pulls, np.bincount(want, minlength=K))
 
 
+def test_per_item_linucb_decides_and_learns_on_each_items_own_context():
+    router = routers.bandit_router(bandits.linucb(alpha=0.0), "item", feedback="reward", rescale=None)
+    state = router.init(jax.random.key(0), K, D)
+    x = _contexts(6, rows=32)
+    state, a = router.assign(state, x, jax.random.key(1))
+    bandit_state = state.bandit
+    want, _ = bandits.linucb(alpha=0.0).select(bandit_state, x, jax.random.key(1))
+    np.testing.assert_array_equal(a.rms, want)
+    assert len(set(np.asarray(want).tolist())) > 1
+    rewards = np.random.default_rng(7).random(32).astype(np.float32)
+    info = np.asarray(router.observe(state, a, rewards).bandit.arms.info)
+    # b_k += sum over the rows that pulled k of r_i c_i
+    want_info = np.asarray(bandit_state.arms.info) + np.eye(K)[np.asarray(want)].T @ (rewards[:, None] * x)
+    np.testing.assert_allclose(info, want_info, rtol=1e-5, atol=1e-6)
+
+
 def test_single_rm_always_its_index():
     router = routers.single_rm(2)
     state = router.init(jax.random.key(0), K, D)
