@@ -117,9 +117,8 @@ def check(assignment: Assignment) -> Assignment:
     Raises ``FloatingPointError`` when a score is NaN/inf: the decision came from broken
     statistics and every later one would too.  Warns when the bandit has dropped invalid
     rows (once per new count)."""
-    scores = np.asarray(assignment.scores)
     if not bool(assignment.finite):
-        bad = np.flatnonzero(~np.isfinite(scores).all(0)).tolist()
+        bad = np.flatnonzero(~np.isfinite(np.asarray(assignment.scores)).all(0)).tolist()
         raise FloatingPointError(
             f"router scores are NaN/inf for RM(s) {bad}: the bandit's statistics for those arms are not "
             "finite (a diverged loss or overflowing contexts reached them); restore the router state "
