@@ -81,6 +81,7 @@ def test_simulation_routes_through_the_routers():
     world = simulate.make_world(simulate.WorldConfig(dim=8), rng)
     stream = simulate.make_stream(world, 256, 32, "batch", rng)
     table = simulate.make_routers(np.zeros((5, 8), np.float32), 2, "batch")
+    assert tuple(table) == simulate.ROUTERS                    # the order that gives each router its key
     chosen = simulate.run_router(table["linucb"](), stream, jax.random.key(0))
     assert (chosen == chosen[:, :1]).all() and len(np.unique(chosen)) > 1      # one RM per batch, learned
     assert (simulate.run_router(table["best_single_rm"](), stream, jax.random.key(0)) == 2).all()
