@@ -5,6 +5,9 @@ import argparse
 import json
 import pathlib
 import sys
+import tempfile
+
+SIMULATE_OUTPUTS = ("results.json", "timings.json", "regret.png")
 
 
 def _progress(quiet: bool):
@@ -14,7 +17,7 @@ def _progress(quiet: bool):
     return lambda name: (lambda it: tqdm(it, desc=f"{name:24s}", leave=False, unit="batch"))
 
 
-def format_table(results: dict) -> str:
+def format_table(results: dict, timings: dict) -> str:
     cfg = results["config"]
     lines = [f"{'router':24s} {'accuracy':>8s} {'regret':>8s} {'RM calls':>9s} {'sec':>6s}  most-used RM per category"]
     for r in results["routers"]:
@@ -25,7 +28,7 @@ def format_table(results: dict) -> str:
                 f"{cat}: {cfg['rm_names'][max(range(len(row)), key=row.__getitem__)]} {100 * max(row):.0f}%"
                 for cat, row in zip(cfg["categories"], r["utilisation"]))
         lines.append(f"{r['router']:24s} {r['accuracy']:8.3f} {r['final_regret']:8.1f} {r['rm_calls']:9d} "
-                     f"{r['seconds']:6.1f}  {used}")
+                     f"{timings.get(r['router'], float('nan')):6.1f}  {used}")
     return "\n".join(lines)
 
 
@@ -55,23 +58,56 @@ def plot(results: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def flag(param: str) -> str:
+    """The command-line spelling of a parameter: batch_size -> --batch-size."""
+    return "--" + param.replace("_", "-")
+
+
+def router_names(text: str | None) -> tuple[str, ...] | None:
+    """--routers "a, b" -> ("a", "b"); None (flag absent) means all; "" names none."""
+    return None if text is None else tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def prepare_output_dir(out: pathlib.Path) -> None:
+    """Create ``out`` and prove it takes files, before any work is done; raise ValueError
+    naming --out otherwise."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"--out: {out} exists and is not a directory; choose another --out") from None
+    except OSError as err:
+        raise ValueError(f"--out: cannot create {out}: {err.strerror}; choose a writable --out") from None
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out: cannot write into {out}: {err.strerror}; choose a writable --out") from None
+    for name in SIMULATE_OUTPUTS:
+        if (out / name).is_dir():
+            raise ValueError(f"--out: {out / name} is a directory, so {name} cannot be written; remove it "
+                             "or choose another --out")
+
+
 def cmd_simulate(args) -> int:
     from rmbandit import simulate
-    routers = tuple(r for r in args.routers.split(",") if r) if args.routers else None
+    names = router_names(args.routers)
+    out = pathlib.Path(args.out)
     try:
-        results = simulate.simulate(seed=args.seed, pairs=args.pairs, batch_size=args.batch_size, dim=args.dim,
-                                    granularity=args.granularity, routers=routers, progress=_progress(args.quiet))
+        simulate.check_settings(args.seed, args.pairs, args.batch_size, args.dim, args.granularity, names, flag)
+        prepare_output_dir(out)
     except ValueError as err:
         print(f"rmbandit simulate: error: {err}", file=sys.stderr)
         return 2
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    results = simulate.simulate(seed=args.seed, pairs=args.pairs, batch_size=args.batch_size, dim=args.dim,
+                                granularity=args.granularity, routers=names, progress=_progress(args.quiet))
+    timings = results.pop("timings")           # wall-clock: kept out of results.json, which is reproducible
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "timings.json").write_text(json.dumps({"seconds": timings}, indent=1))
     plot(results, out / "regret.png")
     cfg = results["config"]
     print(f"{cfg['pairs']} pairs, {len(cfg['rm_names'])} RMs, {cfg['granularity']} routing, seed {cfg['seed']}")
-    print(format_table(results))
-    print(f"wrote {out / 'results.json'} and {out / 'regret.png'}")
+    print(format_table(results, timings))
+    print(f"wrote {', '.join(str(out / name) for name in SIMULATE_OUTPUTS)}")
     return 0
 
 
@@ -85,15 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dim", type=int, default=32)
     sim.add_argument("--granularity", choices=("item", "batch"), default="item",
                      help="item: one RM per pair (BayesianRouter); batch: one RM per batch (LASeR)")
-    sim.add_argument("--routers", default="", help="comma-separated subset (default: all)")
-    sim.add_argument("--out", default="runs/simulate")
+    sim.add_argument("--routers", default=None,
+                     help="comma-separated subset (default: all; an unknown name lists the valid ones)")
+    sim.add_argument("--out", default="runs/simulate",
+                     help="directory for " + ", ".join(SIMULATE_OUTPUTS) + " (created; checked before the run)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a subcommand; return its exit status (2 for bad arguments, as argparse)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:               # argparse's own errors and --help
+        return exit_.code
     return args.func(args)
 
 

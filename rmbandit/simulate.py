@@ -8,7 +8,9 @@ was correct.  In real training the bandit reward is the DPO-loss signal; here it
 label correctness that the simulation knows.
 
 Every router sees the same stream and the same pre-drawn RM outcomes (common random
-numbers), so differences between routers are not sampling noise of the world.
+numbers), so differences between routers are not sampling noise of the world.  Routing
+goes through ``rmbandit.routers`` (assign, then observe with the labels' correctness as
+an unshaped reward), the same code the training loop uses with losses.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import jax
 import numpy as np
 
 from rmbandit import bandits
+from rmbandit import routers as routing     # `routers` is simulate()'s list of names
 
 CATEGORIES = ("arithmetic", "multiple_choice", "format", "factual")
 RM_NAMES = ("rm_arith", "rm_choice", "rm_format", "rm_fact", "rm_general")
@@ -83,7 +86,7 @@ def draw_pairs(world: World, category: np.ndarray, rng: np.random.Generator):
 def make_stream(world: World, pairs: int, batch_size: int, granularity: str, rng: np.random.Generator) -> Stream:
     steps, c = pairs // batch_size, len(world.config.categories)
     if steps == 0:
-        raise ValueError(f"--pairs {pairs} is smaller than one batch of {batch_size}")
+        raise ValueError(f"pairs={pairs} is smaller than one batch (batch_size={batch_size})")
     if granularity == "batch":     # LASeR's batches come from one task
         category = np.repeat(rng.integers(0, c, size=(steps, 1)), batch_size, axis=1)
     else:
@@ -119,97 +122,134 @@ def majority_accuracy(acc: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- routers
 
-def bandit_routers(prior_mean: np.ndarray) -> dict[str, Callable[[], bandits.Bandit]]:
+ROUTERS = ("linucb", "linear_thompson", "thompson_offline_prior", "neural_ucb", "exp3", "epsilon_greedy",
+           "uniform_random", "round_robin", "best_single_rm", "majority_vote")
+GRANULARITIES = routing.GRANULARITIES
+MAX_SEED = (2**32 - 1000) // 1000      # router keys are seed * 1000 + router index: 32 bits
+
+
+def make_routers(prior_mean: np.ndarray, best_rm: int, granularity: str) -> dict[str, Callable[[], routing.Router]]:
+    """Every router of the simulation by name.  The bandits learn from label correctness
+    (a reward in {0, 1}, averaged over the batch per batch), unshaped."""
+    unshaped = dict(feedback="reward", rescale=None)
+
+    def learn(bandit):
+        return routing.bandit_router(bandit, granularity, **unshaped)
+
     return {
-        "linucb": lambda: bandits.linucb(alpha=0.5),
-        "linear_thompson": lambda: bandits.linear_thompson(prior_var=1.0, noise_var=0.25),
-        "thompson_offline_prior": lambda: bandits.linear_thompson(prior_var=0.02, noise_var=0.25,
-                                                                  prior_mean=prior_mean),
-        "neural_ucb": lambda: bandits.neural_ucb(hidden=(32, 16), alpha=0.5, learning_rate=0.05,
-                                                 train_steps=5, buffer_size=256),
-        "exp3": lambda: bandits.exp3(gamma=0.1, learning_rate=0.05),
-        "epsilon_greedy": lambda: bandits.epsilon_greedy(0.1),
-        "uniform_random": bandits.uniform_random,
-        "round_robin": bandits.round_robin,
+        "linucb": lambda: learn(bandits.linucb(alpha=0.5)),
+        "linear_thompson": lambda: learn(bandits.linear_thompson(prior_var=1.0, noise_var=0.25)),
+        "thompson_offline_prior": lambda: learn(bandits.linear_thompson(prior_var=0.02, noise_var=0.25,
+                                                                        prior_mean=prior_mean)),
+        "neural_ucb": lambda: learn(bandits.neural_ucb(hidden=(32, 16), alpha=0.5, learning_rate=0.05,
+                                                       train_steps=5, buffer_size=256)),
+        "exp3": lambda: learn(bandits.exp3(gamma=0.1, learning_rate=0.05)),
+        "epsilon_greedy": lambda: learn(bandits.epsilon_greedy(0.1)),
+        "uniform_random": lambda: routing.uniform_random(granularity, **unshaped),
+        "round_robin": lambda: routing.round_robin(granularity, **unshaped),
+        "best_single_rm": lambda: routing.single_rm(best_rm),
+        "majority_vote": routing.majority_vote,
     }
 
 
-REFERENCE_ROUTERS = ("best_single_rm", "majority_vote")
+def check_settings(seed: int, pairs: int, batch_size: int, dim: int, granularity: str,
+                   names: tuple[str, ...] | None, spell: Callable[[str], str] = lambda p: p) -> None:
+    """Raise ValueError naming the first bad setting; ``spell`` turns a parameter name
+    into what the user typed (the CLI passes its flag names)."""
+    def need(ok, param, message):
+        if not ok:
+            raise ValueError(f"{spell(param)}: {message}")
+
+    for param, value in (("seed", seed), ("pairs", pairs), ("batch_size", batch_size), ("dim", dim)):
+        need(isinstance(value, (int, np.integer)) and not isinstance(value, bool), param,
+             f"must be an integer, got {value!r}")
+    need(0 <= seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (router keys are seed * 1000 + router "
+                                        f"index and must fit in 32 bits), got {seed}")
+    need(batch_size >= 1, "batch_size", f"must be at least 1, got {batch_size}")
+    need(pairs >= 1, "pairs", f"must be at least 1, got {pairs}")
+    need(pairs >= batch_size, "pairs", f"{pairs} pairs make no full batch of {spell('batch_size')} {batch_size}; "
+                                       f"use at least {batch_size} (pairs are cut to whole batches)")
+    need(dim >= 2, "dim", f"must be at least 2 (the last feature is a constant 1), got {dim}")
+    need(granularity in GRANULARITIES, "granularity",
+         f"must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if names is not None:
+        valid = f"valid names: {', '.join(ROUTERS)}"
+        need(len(names) > 0, "routers", f"no router named; {valid}")
+        unknown = [n for n in names if n not in ROUTERS]
+        need(not unknown, "routers", f"unknown router(s) {', '.join(map(repr, unknown))}; {valid}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        need(not twice, "routers", f"{', '.join(twice)} named more than once")
 
 
-def run_bandit(bandit: bandits.Bandit, stream: Stream, key: jax.Array, granularity: str,
+def run_router(router: routing.Router, stream: Stream, key: jax.Array,
                progress: Callable = lambda it: it) -> np.ndarray:
-    """Route the stream; return the chosen RM per pair [T, B]."""
+    """Route the stream, feeding back label correctness; return the RM that labelled each
+    pair [T, B] (routing.ALL_RMS where every RM did)."""
     steps, rows, k = stream.correct.shape
-    state = bandit.init(key, k, stream.contexts.shape[-1])
-    select, update = jax.jit(bandit.select), jax.jit(bandit.update)
+    state = router.init(key, k, stream.contexts.shape[-1])
+    assign, observe = jax.jit(router.assign), jax.jit(router.observe)
     chosen = np.zeros((steps, rows), np.int32)
     for t in progress(range(steps)):
-        x, step_key = stream.contexts[t], jax.random.fold_in(key, t)
-        if granularity == "batch":
-            context = x.mean(0, keepdims=True)
-            arm, _ = select(state, context, step_key)
-            chosen[t] = int(arm[0])
-            reward = stream.correct[t, :, chosen[t, 0]].mean(keepdims=True)
-            state = update(state, context, arm, reward.astype(np.float32))
-        else:
-            arms, _ = select(state, x, step_key)
-            chosen[t] = np.asarray(arms)
-            reward = stream.correct[t, np.arange(rows), chosen[t]]
-            state = update(state, x, arms, reward.astype(np.float32))
+        state, assignment = assign(state, stream.contexts[t], jax.random.fold_in(key, t))
+        chosen[t] = np.asarray(routing.check(assignment).rms)
+        state = observe(state, assignment, routed_correct(stream.correct[t], chosen[t]).astype(np.float32))
     return chosen
 
 
-def evaluate(name: str, chosen: np.ndarray | None, stream: Stream, world: World, seconds: float) -> dict:
+def routed_correct(correct: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Whether each pair's label is right: its RM's label, or the majority of all RMs'
+    (a tie keeps no pair, so it is not a right label)."""
+    single = np.take_along_axis(correct, np.maximum(chosen, 0)[..., None], -1)[..., 0]
+    k = correct.shape[-1]
+    a_wins, keep = routing.majority(correct.reshape(-1, k))
+    voted = (a_wins & keep).reshape(chosen.shape)
+    return np.where(chosen == routing.ALL_RMS, voted, single)
+
+
+def evaluate(name: str, chosen: np.ndarray, stream: Stream, world: World) -> dict:
     """Accuracy, expected regret curve, utilisation per category and RM calls of one router."""
-    steps, rows, k = stream.accuracy.shape
-    best = stream.accuracy.max(-1).reshape(-1)
-    if chosen is None:                              # majority vote: every RM labels every pair
-        correct = stream.correct.sum(-1) > k / 2
-        expected = majority_accuracy(stream.accuracy).reshape(-1)
-        calls, utilisation = steps * rows * k, np.full((len(world.config.categories), k), 1.0 / k)
-    else:
-        flat = chosen.reshape(-1)
-        correct = np.take_along_axis(stream.correct.reshape(-1, k), flat[:, None], 1)[:, 0]
-        expected = np.take_along_axis(stream.accuracy.reshape(-1, k), flat[:, None], 1)[:, 0]
-        calls = steps * rows
-        cats = stream.category.reshape(-1)
-        utilisation = np.stack([np.bincount(flat[cats == c], minlength=k) / max((cats == c).sum(), 1)
-                                for c in range(len(world.config.categories))])
+    k = stream.accuracy.shape[-1]
+    flat = chosen.reshape(-1)
+    acc = stream.accuracy.reshape(-1, k)
+    best = acc.max(-1)
+    correct = routed_correct(stream.correct.reshape(-1, k), flat)
+    single = np.take_along_axis(acc, np.maximum(flat, 0)[:, None], 1)[:, 0]
+    expected = np.where(flat == routing.ALL_RMS, majority_accuracy(acc), single)
+    labels = routing.rm_mask(flat, k)                  # [N, K] which RMs labelled each pair
+    cats = stream.category.reshape(-1)
+    utilisation = np.stack([labels[cats == c].sum(0) / max(labels[cats == c].sum(), 1)
+                            for c in range(len(world.config.categories))])
     regret = np.cumsum(best - expected)
     return {"router": name, "accuracy": float(np.mean(correct)), "expected_accuracy": float(expected.mean()),
             "final_regret": float(regret[-1]), "regret_curve": regret[:: max(1, len(regret) // 256)].tolist(),
-            "utilisation": utilisation.tolist(), "rm_calls": int(calls), "seconds": seconds}
+            "utilisation": utilisation.tolist(), "rm_calls": int(labels.sum())}
 
 
 def simulate(seed: int = 0, pairs: int = 4096, batch_size: int = 64, dim: int = 32,
              granularity: str = "item", routers: tuple[str, ...] | None = None,
              progress: Callable[[str], Callable] | None = None) -> dict:
-    """Run every requested router on one world and stream; return JSON-ready results."""
-    if granularity not in ("item", "batch"):
-        raise ValueError(f"granularity must be 'item' or 'batch', got {granularity!r}")
+    """Run every requested router (default: all) on one world and stream.
+
+    Returns JSON-ready results: ``config`` and ``routers`` depend only on the arguments
+    (the same seed gives the same bytes); ``timings`` (seconds per router) is wall-clock.
+    A router's results do not depend on which other routers run (its key comes from its
+    place in ROUTERS)."""
+    names = ROUTERS if routers is None else tuple(routers)
+    check_settings(seed, pairs, batch_size, dim, granularity, names)
     config = WorldConfig(dim=dim)
     rng = np.random.default_rng(seed)
     world = make_world(config, rng)
     offline_x, offline_correct = offline_set(world, rng)
     stream = make_stream(world, pairs, batch_size, granularity, rng)
-    available = {**bandit_routers(ridge_prior(offline_x, offline_correct)), **{r: None for r in REFERENCE_ROUTERS}}
-    routers = tuple(available) if routers is None else tuple(routers)
-    unknown = [r for r in routers if r not in available]
-    if unknown:
-        raise ValueError(f"unknown router(s) {', '.join(unknown)}; available: {', '.join(available)}")
     best_rm = int(np.argmax(offline_correct.mean(0)))     # "top of the leaderboard" on the offline pairs
-    results = []
-    for i, name in enumerate(routers):
+    table = make_routers(ridge_prior(offline_x, offline_correct), best_rm, granularity)
+    results, timings = [], {}
+    for name in names:
         start = time.perf_counter()
-        if name == "majority_vote":
-            chosen = None
-        elif name == "best_single_rm":
-            chosen = np.full(stream.category.shape, best_rm, np.int32)
-        else:
-            bar = progress(name) if progress else (lambda it: it)
-            chosen = run_bandit(available[name](), stream, jax.random.key(seed * 1000 + i), granularity, bar)
-        results.append(evaluate(name, chosen, stream, world, time.perf_counter() - start))
+        bar = progress(name) if progress else (lambda it: it)
+        chosen = run_router(table[name](), stream, jax.random.key(seed * 1000 + ROUTERS.index(name)), bar)
+        results.append(evaluate(name, chosen, stream, world))
+        timings[name] = time.perf_counter() - start
     return {"config": {**dataclasses.asdict(config), "seed": seed, "pairs": stream.category.size,
                        "batch_size": batch_size, "granularity": granularity, "best_single_rm": config.rm_names[best_rm]},
-            "routers": results}
+            "routers": results, "timings": timings}
