@@ -51,10 +51,13 @@ def test_per_batch_router_gives_one_rm_and_credits_one_arm_with_the_batch_reward
     per_item = np.array([1.0, 0.0, 1.0, 1.0, 0.0], np.float32)
     before = state.bandit.arms
     after = router.observe(state, a, per_item).bandit.arms
-    # LinUCB: b_k += r c for the pulled arm only, with r the batch mean and c the mean context
-    np.testing.assert_allclose(after.info[arm], before.info[arm] + per_item.mean() * x.mean(0), rtol=1e-5)
+    # LinUCB (A = I): the pulled arm's posterior mean after one row c (the mean context) with
+    # reward r (the batch mean) is (I + c c^T)^{-1} (mu0 + r c); no other arm moves
+    c = x.mean(0).astype(np.float64)
+    want = np.linalg.solve(np.eye(D) + np.outer(c, c), np.asarray(before.mean[arm], np.float64) + per_item.mean() * c)
+    np.testing.assert_allclose(after.mean[arm], want, rtol=1e-5, atol=1e-6)
     others = np.arange(K) != arm
-    np.testing.assert_array_equal(np.asarray(after.info)[others], np.asarray(before.info)[others])
+    np.testing.assert_array_equal(np.asarray(after.mean)[others], np.asarray(before.mean)[others])
     np.testing.assert_array_equal(np.asarray(after.cov_sqrt)[others], np.asarray(before.cov_sqrt)[others])
     np.testing.assert_array_equal(after.pulls, np.eye(K, dtype=int)[arm])
 
@@ -85,10 +88,12 @@ def test_per_item_linucb_decides_and_learns_on_each_items_own_context():
     np.testing.assert_array_equal(a.rms, want)
     assert len(set(np.asarray(want).tolist())) > 1
     rewards = np.random.default_rng(7).random(32).astype(np.float32)
-    info = np.asarray(router.observe(state, a, rewards).bandit.arms.info)
-    # b_k += sum over the rows that pulled k of r_i c_i
-    want_info = np.asarray(bandit_state.arms.info) + np.eye(K)[np.asarray(want)].T @ (rewards[:, None] * x)
-    np.testing.assert_allclose(info, want_info, rtol=1e-5, atol=1e-6)
+    mean = np.asarray(router.observe(state, a, rewards).bandit.arms.mean)
+    # arm k's posterior from the rows that pulled it: (I + X_k^T X_k)^{-1} (mu0_k + X_k^T r_k)
+    for k in range(K):
+        xk, rk = x[np.asarray(want) == k].astype(np.float64), rewards[np.asarray(want) == k]
+        mu0 = np.asarray(bandit_state.arms.mean[k], np.float64)
+        np.testing.assert_allclose(mean[k], np.linalg.solve(np.eye(D) + xk.T @ xk, mu0 + xk.T @ rk), rtol=1e-5, atol=1e-5)
 
 
 def test_single_rm_always_its_index():
@@ -255,13 +260,13 @@ def test_state_survives_orbax_save_restore(name, tmp_path):
 def _nan_arm(state, arm):
     linear = state.bandit.inner
     return state._replace(bandit=state.bandit._replace(
-        inner=linear._replace(arms=linear.arms._replace(info=linear.arms.info.at[arm].set(np.nan)))))
+        inner=linear._replace(arms=linear.arms._replace(mean=linear.arms.mean.at[arm].set(np.nan)))))
 
 
 def test_non_finite_statistics_are_an_error_eagerly_and_flagged_under_jit():
     router = routers.laser()
     state = _nan_arm(router.init(jax.random.key(0), K, D), 2)
-    with pytest.raises(FloatingPointError, match=r"NaN/inf for RM\(s\) \[2\].*restore the router state"):
+    with pytest.raises(FloatingPointError, match=r"arm\(s\) \[2\] are NaN or inf.*restore"):
         router.assign(state, _contexts(0), jax.random.key(0))
     _, a = jax.jit(router.assign)(state, _contexts(0), jax.random.key(0))
     assert not bool(a.finite)

@@ -233,7 +233,7 @@ def reject_non_finite(old_state: State, new_state: State, arms: Array, valid: Ar
     ok = finite_per_arm(new_state.arms) if ok is None else ok
     if _is_concrete(ok) and not bool(np.all(ok)):
         bad = np.flatnonzero(~np.asarray(ok)).tolist()
-        raise ValueError(
+        raise FloatingPointError(
             f"the update made the statistics of arm(s) {bad} non-finite (float32 overflow: are the "
             "contexts' norms above ~1e18, or the rewards huge?); the state passed in is unchanged — "
             "rescale the contexts or rewards")
@@ -248,7 +248,7 @@ def argmax_finite(scores: Array) -> Array:
     finite = jnp.isfinite(scores)
     if _is_concrete(scores) and not bool(np.all(np.asarray(finite))):
         bad = np.flatnonzero(~np.asarray(finite).all(0)).tolist()
-        raise ValueError(
+        raise FloatingPointError(
             f"scores of arm(s) {bad} are NaN or inf: the bandit state is corrupt (restored from a bad "
             "checkpoint, or built by hand); restore an earlier checkpoint or reset those arms")
     return jnp.argmax(jnp.where(finite, scores, -jnp.inf), axis=-1).astype(jnp.int32)
