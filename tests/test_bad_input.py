@@ -4,15 +4,11 @@ import numpy as np
 import pytest
 
 from rmbandit import bandits
+from tests.helpers import BANDITS, PLAIN_BANDITS
 
-FACTORIES = [bandits.linucb, bandits.linear_thompson, bandits.exp3, bandits.epsilon_greedy,
-             bandits.uniform_random, bandits.round_robin, bandits.multiplicative_weights,
-             lambda: bandits.neural_ucb(hidden=(4, 4), train_steps=1, buffer_size=4)]
-
-
-@pytest.fixture(params=range(len(FACTORIES)), ids=lambda i: getattr(FACTORIES[i], "__name__", "neural_ucb"))
+@pytest.fixture(params=PLAIN_BANDITS)
 def bandit_and_state(request):
-    bandit = FACTORIES[request.param]()
+    bandit = BANDITS[request.param]()
     return bandit, bandit.init(jax.random.key(0), 3, 4)
 
 

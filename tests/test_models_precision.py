@@ -15,7 +15,7 @@ from rmbandit.models.layers import default_precision
 from rmbandit.models.lora import LoraConfig, init_lora, merge_lora
 from rmbandit.models.sampling import generate
 
-HIGHEST, DEFAULT = jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT
+from tests.helpers import DEFAULT, HIGHEST, assert_every_dot
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2)
 CONFIGS = {
@@ -26,35 +26,6 @@ CONFIGS = {
     "qwen3_classifier": dict(model_type="qwen3", head_dim=8, architectures=["Qwen3ForSequenceClassification"],
                              id2label={"0": "LABEL_0"}),
 }
-
-
-def dot_precisions(jaxpr) -> list:
-    """The ``precision`` of every dot_general in ``jaxpr``, nested jaxprs (jit, while
-    loops, custom derivatives) included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(sub, "jaxpr", sub)          # a ClosedJaxpr holds a Jaxpr
-                if hasattr(inner, "eqns"):
-                    found += dot_precisions(inner)
-    return found
-
-
-def _is(precision, want) -> bool:
-    """dot_general's precision (None or one per operand) is ``want`` (DEFAULT: also None)."""
-    if precision is None:
-        return want == DEFAULT
-    return all(p == want or (want == DEFAULT and p is None) for p in precision)
-
-
-def assert_every_dot(fn, *args, want, at_least):
-    precisions = dot_precisions(jax.make_jaxpr(fn)(*args).jaxpr)
-    assert len(precisions) >= at_least, f"only {len(precisions)} dot_generals: the walk missed some"
-    wrong = [p for p in precisions if not _is(p, want)]
-    assert not wrong, f"{len(wrong)} of {len(precisions)} dot_generals are not at {want}: {wrong[:3]}"
 
 
 def _model(name, dtype, precision="auto"):

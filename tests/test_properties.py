@@ -7,19 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rmbandit import bandits
+from tests.helpers import BANDITS
 
-ALL = {
-    "linucb": lambda: bandits.linucb(alpha=0.5),
-    "thompson": lambda: bandits.linear_thompson(prior_var=0.02),
-    "exp3": lambda: bandits.exp3(),
-    "neural_ucb": lambda: bandits.neural_ucb(hidden=(8, 4), train_steps=2, buffer_size=8),
-    "epsilon_greedy": lambda: bandits.epsilon_greedy(),
-    "uniform_random": lambda: bandits.uniform_random(),
-    "round_robin": lambda: bandits.round_robin(),
-    "multiplicative_weights": lambda: bandits.multiplicative_weights(),
-    "rescaled_discounted_linucb": lambda: bandits.batch_baseline(bandits.quantile_rescale(
-        bandits.discount(bandits.cost_aware(bandits.linucb(), 0.1), 0.95, every=2))),
-}
+ALL = BANDITS
 
 
 def _trained(name, seed=0, k=3, d=4, steps=3, rows=5):

@@ -160,8 +160,16 @@ def check_contexts(contexts: Array, dim: int | None) -> Array:
         raise ValueError(
             f"contexts have width {contexts.shape[1]} but the bandit state was initialised with "
             f"dim={dim}; use the same featuriser as at init, or init a new state with dim={contexts.shape[1]}")
-    if _is_concrete(contexts) and not np.isfinite(np.asarray(contexts)).all():
-        raise ValueError("contexts contain NaN or inf; fix the featuriser (e.g. an fp16 overflow) before routing")
+    if _is_concrete(contexts):
+        values = np.asarray(contexts)
+        if not np.isfinite(values).all():
+            raise ValueError("contexts contain NaN or inf; fix the featuriser (e.g. an fp16 overflow) before routing")
+        with np.errstate(over="ignore"):
+            squared = np.sum(np.square(values.astype(np.float32)), axis=-1)
+        if not np.isfinite(squared).all():
+            rows = np.flatnonzero(~np.isfinite(squared))[:8].tolist()
+            raise ValueError(f"contexts at rows {rows} have norms above 1.8e19, whose squares overflow float32 "
+                             "statistics; rescale the features (e.g. divide by their norm) before routing")
     return contexts
 
 
@@ -193,9 +201,10 @@ def check_update_inputs(contexts, arms, rewards, k: int, dim: int | None):
 
 
 def valid_rows(contexts: Array, arms: Array, rewards: Array, k: int) -> Array:
-    """Rows that may update statistics (the traced counterpart of the checks)."""
+    """Rows that may update statistics (the traced counterpart of the checks); a row whose
+    squared norm overflows float32 can only give inf statistics, so it is invalid too."""
     return ((arms >= 0) & (arms < k) & jnp.isfinite(rewards)
-            & jnp.all(jnp.isfinite(contexts), axis=-1))
+            & jnp.isfinite(jnp.sum(jnp.square(contexts.astype(jnp.float32)), axis=-1)))
 
 
 def pulled_one_hot(arms: Array, valid: Array, k: int, dtype=jnp.float32) -> Array:
@@ -247,7 +256,8 @@ def argmax_finite(scores: Array) -> Array:
     every ``jnp.argmax``).  Eager calls raise, naming the arms; under jit they lose."""
     finite = jnp.isfinite(scores)
     if _is_concrete(scores) and not bool(np.all(np.asarray(finite))):
-        bad = np.flatnonzero(~np.asarray(finite).all(0)).tolist()
+        per_arm = np.asarray(finite).reshape(-1, scores.shape[-1]).all(0)
+        bad = np.flatnonzero(~per_arm).tolist()
         raise FloatingPointError(
             f"scores of arm(s) {bad} are NaN or inf: the bandit state is corrupt (restored from a bad "
             "checkpoint, or built by hand); restore an earlier checkpoint or reset those arms")

@@ -26,30 +26,40 @@ def abstract_state(bandit: base.Bandit, num_arms: int, dim: int):
     return jax.eval_shape(lambda key: bandit.init(key, num_arms, dim), jax.random.key(0))
 
 
+def _key_name(key):
+    """A path entry's field name, dict key or index (NamedTuples restore as dicts)."""
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return getattr(key, attr)
+    raise TypeError(f"unexpected pytree path entry {key!r}")
+
+
+def _path(path) -> str:
+    return "/".join(str(_key_name(key)) for key in path)
+
+
 def _lookup(tree, path):
     node = tree
     for key in path:
-        name = getattr(key, "name", None)
-        if name is None:
-            name = getattr(key, "key", getattr(key, "idx", None))
+        name = _key_name(key)
         try:
             node = node[name] if isinstance(node, dict) else (
                 getattr(node, name) if isinstance(name, str) else node[name])
         except (KeyError, IndexError, AttributeError, TypeError):
-            raise ValueError(f"the checkpoint has no entry {jax.tree_util.keystr(path)}: it was saved "
+            raise ValueError(f"the checkpoint has no entry {_path(path)}: it was saved "
                              "from another bandit (or wrapper order); build the same bandit as when it was saved") from None
     return node
 
 
 def _shapes(tree) -> list[tuple[str, tuple]]:
-    return [(jax.tree_util.keystr(p), tuple(np.shape(x))) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+    return sorted((_path(p), tuple(np.shape(x))) for p, x in jax.tree_util.tree_leaves_with_path(tree))
 
 
 def _infer_sizes(bandit: base.Bandit, tree) -> tuple[int, int]:
     """(K, d) whose ``init`` shapes match every leaf of ``tree``: K from a per-arm leaf,
     d tried among the sizes that occur in the checkpoint."""
     shapes = _shapes(tree)
-    per_arm = [s for p, s in shapes if ".arms" in p or "['arms']" in p or p.startswith("arms")]
+    per_arm = [s for p, s in shapes if "arms" in p.split("/")]
     if not per_arm or not per_arm[0]:
         raise ValueError(f"no per-arm statistics (a field 'arms') in the checkpoint: {shapes[:6]}")
     k = per_arm[0][0]
@@ -59,7 +69,7 @@ def _infer_sizes(bandit: base.Bandit, tree) -> tuple[int, int]:
             want = _shapes(abstract_state(bandit, k, d))
         except (ValueError, TypeError):
             continue
-        if sorted(want) == sorted(shapes):
+        if want == shapes:
             return k, d
     raise ValueError(f"the checkpoint's shapes {shapes[:6]}... fit no init(num_arms={k}, dim=d) of this "
                      "bandit; build the same bandit (factory, wrappers, hyper-parameters such as "
@@ -77,7 +87,7 @@ def state_from_tree(bandit: base.Bandit, tree, num_arms: int | None = None, dim:
     for path, want in jax.tree_util.tree_leaves_with_path(target):
         got = _lookup(tree, path)
         if tuple(np.shape(got)) != want.shape:
-            raise ValueError(f"checkpoint entry {jax.tree_util.keystr(path)} has shape {np.shape(got)}, "
+            raise ValueError(f"checkpoint entry {_path(path)} has shape {np.shape(got)}, "
                              f"but init(num_arms={num_arms}, dim={dim}) gives {want.shape}")
         leaves.append(jax.numpy.asarray(got, want.dtype))
     return jax.tree.unflatten(jax.tree.structure(target), leaves)
