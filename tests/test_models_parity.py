@@ -8,9 +8,6 @@ transformers = pytest.importorskip("transformers")
 
 from rmbandit.models import Gemma2Model, LlamaModel, ModelConfig, load_pretrained  # noqa: E402
 from tests.torch_oracle import CASES, TINY, hf_logits, padded_batch  # noqa: E402
-# tests/test_training_losses.py imports these two names from here
-from tests.torch_oracle import padded_batch as _batch  # noqa: E402,F401
-from tests.torch_oracle import save_tiny as _save_tiny  # noqa: E402,F401
 
 
 @pytest.mark.parametrize("name", list(CASES))

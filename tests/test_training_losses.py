@@ -29,8 +29,8 @@ def test_shared_prompt_logprobs_equal_the_full_sequences(tmp_path, query_block, 
     from rmbandit.models import layers, load_pretrained, sequence_logprobs
     monkeypatch.setattr(layers, "QUERY_BLOCK", query_block)
     from rmbandit.models.functions import shared_prompt_logprobs
-    from tests.test_models_parity import _save_tiny
-    _save_tiny(tmp_path, "llama_gqa_llama3_rope")
+    from tests.torch_oracle import save_tiny
+    save_tiny(tmp_path, "llama_gqa_llama3_rope")
     model, params = load_pretrained(tmp_path)
     rng = np.random.default_rng(0)
     n, p, r = 3, 6, 5

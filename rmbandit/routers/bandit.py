@@ -24,12 +24,8 @@ FEEDBACKS = ("loss", "reward")
 
 def bandit_skipped(state) -> jnp.ndarray:
     """Sum of the ``skipped`` counters along the bandit's wrapper chain (field ``inner``)."""
-    total, node = jnp.zeros((), jnp.int32), state
-    while hasattr(node, "_fields"):
-        if "skipped" in node._fields:
-            total = total + node.skipped
-        node = node.inner if "inner" in node._fields else None
-    return total
+    return sum((s.skipped for s in bandits.base.inner_states(state) if "skipped" in getattr(s, "_fields", ())),
+               jnp.zeros((), jnp.int32))
 
 
 def shaped(bandit: bandits.Bandit, rescale, history: int, baseline: bool) -> bandits.Bandit:
