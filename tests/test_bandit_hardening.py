@@ -260,3 +260,14 @@ def test_every_product_of_select_and_update_runs_at_highest_precision(name, rows
     assert_every_dot(lambda s, c, k: bandit.select(s, c, k), state, x, jax.random.key(0), want=HIGHEST,
                      at_least=products)
     assert_every_dot(bandit.update, state, x, arms, rewards, want=HIGHEST, at_least=max(1, products))
+
+
+@pytest.mark.parametrize("name", list(BANDITS))
+def test_a_fresh_state_can_be_donated(name):
+    """The training loop donates the bandit state to its jitted update; no two leaves of a
+    fresh state may share a buffer (XLA refuses to donate one buffer twice)."""
+    bandit = BANDITS[name]()
+    state = bandit.init(jax.random.key(0), 3, 4)
+    update = jax.jit(bandit.update, donate_argnums=0)
+    new = update(state, np.ones((2, 4), np.float32), np.array([0, 1], np.int32), np.ones(2, np.float32))
+    assert bandits.num_arms(new) == 3

@@ -91,7 +91,7 @@ def init_linear(key: Array, num_arms: int, dim: int, prior_var: float = 1.0,
     return LinearState(
         arms=LinearArms(
             cov_sqrt=jnp.sqrt(var)[:, None, None] * eye,
-            mean=prior_mean,
+            mean=jnp.array(prior_mean),         # its own buffer: a donated state may not alias
             prior_mean=prior_mean,
             prior_var=var,
             pulls=jnp.zeros((num_arms,), jnp.int32)),

@@ -86,7 +86,7 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
         params = jax.vmap(lambda k: init_mlp(k, (dim, *hidden, 1)))(jax.random.split(key, num_arms))
         return NeuralState(
             arms=NeuralArms(
-                params=params, init_params=params,
+                params=params, init_params=jax.tree.map(jnp.array, params),   # no aliasing: donatable
                 z_diag=jax.tree.map(lambda p: jnp.full_like(p, reg), params),
                 buffer_x=jnp.zeros((num_arms, buffer_size, dim)),
                 buffer_r=jnp.zeros((num_arms, buffer_size)),
