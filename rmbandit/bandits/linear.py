@@ -166,7 +166,7 @@ def sqrt_update(cov_sqrt: Array, mean: Array, x: Array, r: Array) -> tuple[Array
     Nearly collinear rows only make T ill-conditioned, and Householder QR is backward
     stable whatever its conditioning (float64 check: 2e-4 at norm 1e3, 64 rows).
     C's diagonal is made positive, so zero rows of x (tile padding) change nothing.
-    Also returns whether the step is finite (a float32 overflow is caught, not stored).
+    A step that is not finite (a float32 overflow) is not applied; the flag says so.
     """
     eye = jnp.eye(min(x.shape), dtype=cov_sqrt.dtype)                  # rank of Phi <= min(n, d)
     q, t = jnp.linalg.qr(base.einsum("de,ne->dn", cov_sqrt, x))       # Phi = Q T, Q [d, m], T [m, n]
@@ -176,10 +176,11 @@ def sqrt_update(cov_sqrt: Array, mean: Array, x: Array, r: Array) -> tuple[Array
     y = base.matmul(q.T, cov_sqrt)                                      # Q^T R, [m, d]
     residual = r - base.matmul(x, mean)
     gain = base.matmul(c_inv_t.T, base.matmul(c_inv_t, base.matmul(t, residual)))   # C^{-1} C^{-T} T e
-    new_mean = mean + base.matmul(gain, y)
-    new_sqrt = cov_sqrt + base.matmul(q, base.matmul(c_inv_t - eye, y))
-    finite = jnp.all(jnp.isfinite(y)) & jnp.all(jnp.isfinite(c_inv_t)) & jnp.all(jnp.isfinite(new_mean))
-    return new_sqrt, new_mean, finite
+    mean_step = base.matmul(gain, y)
+    finite = jnp.all(jnp.isfinite(y)) & jnp.all(jnp.isfinite(c_inv_t)) & jnp.all(jnp.isfinite(mean + mean_step))
+    # a non-finite step is dropped inside the same fused pass that adds it (no extra read of R)
+    step = jnp.where(finite, base.matmul(q, base.matmul(c_inv_t - eye, y)), 0.0)
+    return cov_sqrt + step, jnp.where(finite, mean + mean_step, mean), finite
 
 
 def grouped_sqrt_update(cov_sqrt: Array, mean: Array, x: Array, r: Array, arms: Array, valid: Array,
@@ -189,6 +190,8 @@ def grouped_sqrt_update(cov_sqrt: Array, mean: Array, x: Array, r: Array, arms: 
     Rows are sorted by arm; each arm's rows are cut into ceil(n_k / tile) tiles and a
     while loop visits just the tiles that exist, so unpulled arms cost nothing.
     Sequential tiles of one arm compose exactly (Bayesian updates are associative).
+    (Updating every arm at once with ``vmap`` was slower at d=768, K=8, B=64: 22 vs 14 ms,
+    memory-bound on the 19 MB stack either way.)
     Returns R', mu' and [K] bool: no tile of that arm went non-finite (such a tile is not applied).
     """
     k, d, _ = cov_sqrt.shape
@@ -211,9 +214,7 @@ def grouped_sqrt_update(cov_sqrt: Array, mean: Array, x: Array, r: Array, arms: 
         block = jnp.where(inside[:, None], jax.lax.dynamic_slice_in_dim(rows, start, tile), 0.0)
         block_r = jnp.where(inside, jax.lax.dynamic_slice_in_dim(targets, start, tile), 0.0)
         new_sqrt, new_mu, finite = sqrt_update(sqrt[arm], mu[arm], block, block_r)
-        return (sqrt.at[arm].set(jnp.where(finite, new_sqrt, sqrt[arm])),
-                mu.at[arm].set(jnp.where(finite, new_mu, mu[arm])),
-                ok.at[arm].set(ok[arm] & finite))
+        return sqrt.at[arm].set(new_sqrt), mu.at[arm].set(new_mu), ok.at[arm].set(ok[arm] & finite)
 
     return jax.lax.fori_loop(0, tile_end[-1], visit, (cov_sqrt, mean, jnp.ones((k,), bool)))
 
