@@ -88,3 +88,37 @@ def test_dedicated_pad_token_must_be_the_configs(minilm):
     config, tokenizer = minilm                   # [PAD] = 0, as the BERT config says
     with pytest.raises(ValueError, match=r"its pad token id is 0 \('\[PAD\]'\) but the model's config says 5"):
         check_tokenizer(dataclasses.replace(config, pad_token_id=5), tokenizer)
+
+
+TEXTS = ["Hello world!", "  leading spaces\nand newlines\t tabs", "Ünïcödé ✓ 数学 🙂", "What is 17 * 23? Answer: 391.", ""]
+
+
+def test_gguf_tokenizer_without_torch_equals_transformers(smollm2_gguf):
+    """transformers' GGUF reader imports torch, which the main job does not install; our
+    reader (the gguf package + transformers' converter) gives the same tokenizer."""
+    from transformers import AutoTokenizer
+
+    from rmbandit.models.tokenizer import gguf_tokenizer
+
+    ours = gguf_tokenizer(smollm2_gguf)
+    ref = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    assert len(ours) == len(ref)
+    for kind in ("bos", "eos", "unk", "pad"):
+        assert getattr(ours, f"{kind}_token_id") == getattr(ref, f"{kind}_token_id"), kind
+    for text in TEXTS:
+        assert ours(text).input_ids == ref(text).input_ids, text
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    assert (ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            == ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+
+def test_load_tokenizer_falls_back_when_transformers_needs_torch(smollm2_gguf, monkeypatch):
+    from transformers import AutoTokenizer
+
+    def needs_torch(*args, **kwargs):
+        raise ModuleNotFoundError("Could not import module 'read_gguf_metadata' (No module named 'torch')")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", needs_torch)
+    tokenizer = load_tokenizer(smollm2_gguf)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert tokenizer("Hello world!").input_ids == [19556, 905, 17]

@@ -72,8 +72,9 @@ class Bandit(NamedTuple):
     update: UpdateFn
 
 
-def _is_concrete(*xs) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in xs)
+def is_concrete(*trees) -> bool:
+    """True outside jit/vmap: no leaf is a tracer, so values can be checked on host."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
 
 
 # ---------------------------------------------------------------- hyper-parameters
@@ -160,7 +161,7 @@ def check_contexts(contexts: Array, dim: int | None) -> Array:
         raise ValueError(
             f"contexts have width {contexts.shape[1]} but the bandit state was initialised with "
             f"dim={dim}; use the same featuriser as at init, or init a new state with dim={contexts.shape[1]}")
-    if _is_concrete(contexts):
+    if is_concrete(contexts):
         values = np.asarray(contexts)
         if not np.isfinite(values).all():
             raise ValueError("contexts contain NaN or inf; fix the featuriser (e.g. an fp16 overflow) before routing")
@@ -177,7 +178,7 @@ def check_update_inputs(contexts, arms, rewards, k: int, dim: int | None):
     """Shape checks always; value checks when the inputs are concrete.  Arm indices are
     range-checked before the cast to int32, so 2**32 + 2 is an error, not arm 2."""
     contexts = check_contexts(contexts, dim)
-    if _is_concrete(arms, rewards):
+    if is_concrete(arms, rewards):
         a, r = np.asarray(arms), np.asarray(rewards)
         if a.shape == (contexts.shape[0],) and np.issubdtype(a.dtype, np.integer):
             bad = (a < 0) | (a >= k)
@@ -240,7 +241,7 @@ def reject_non_finite(old_state: State, new_state: State, arms: Array, valid: Ar
     ``ok`` [K] may come from the update's small intermediates, sparing a read of every
     statistic (256 MB for LinUCB at d=4096, K=4); by default every leaf is checked."""
     ok = finite_per_arm(new_state.arms) if ok is None else ok
-    if _is_concrete(ok) and not bool(np.all(ok)):
+    if is_concrete(ok) and not bool(np.all(ok)):
         bad = np.flatnonzero(~np.asarray(ok)).tolist()
         raise FloatingPointError(
             f"the update made the statistics of arm(s) {bad} non-finite (float32 overflow: are the "
@@ -255,7 +256,7 @@ def argmax_finite(scores: Array) -> Array:
     """Row-wise argmax that a NaN/inf score never wins (a non-finite state would otherwise win
     every ``jnp.argmax``).  Eager calls raise, naming the arms; under jit they lose."""
     finite = jnp.isfinite(scores)
-    if _is_concrete(scores) and not bool(np.all(np.asarray(finite))):
+    if is_concrete(scores) and not bool(np.all(np.asarray(finite))):
         per_arm = np.asarray(finite).reshape(-1, scores.shape[-1]).all(0)
         bad = np.flatnonzero(~per_arm).tolist()
         raise FloatingPointError(

@@ -72,8 +72,8 @@ def posterior_mean(arms: LinearArms) -> Array:
 
 def moments(state: LinearState, contexts: Array) -> tuple[Array, Array]:
     """Predictive mean c^T mu_k and variance c^T Sigma_k c = |R_k c|^2 of every arm for
-    every row, each [B, K].  The contexts are shared by all arms, so R c is one flat
-    GEMM over the stacked arms (d=768, 64 rows: 1.7 ms vs 2.5 ms per-arm)."""
+    every row, each [B, K].  The contexts are shared by all arms, so R c is one GEMM over
+    the stacked arms."""
     rc = base.einsum("kde,be->kdb", state.arms.cov_sqrt, contexts)
     return base.matmul(contexts, state.arms.mean.T), jnp.sum(rc * rc, axis=1).T
 

@@ -16,13 +16,45 @@ def load_tokenizer(path, padding_side: str = "left"):
         raise FileNotFoundError(f"{path} does not exist; pass the checkpoint directory or .gguf file whose "
                                 "tokenizer to load")
     if path.suffix == ".gguf":
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except ModuleNotFoundError as err:      # transformers' GGUF reader imports torch
+            if "torch" not in str(err) and "read_gguf_metadata" not in str(err):
+                raise
+            tokenizer = gguf_tokenizer(path)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = padding_side      # left: prompts end at the last position
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def gguf_tokenizer(path):
+    """A ``.gguf`` file's embedded tokenizer without PyTorch: the metadata is read with the
+    ``gguf`` package and converted by transformers' own GGUF tokenizer converter (what
+    ``AutoTokenizer.from_pretrained(gguf_file=...)`` does, minus its reader, which imports
+    torch; the main job installs no torch)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING, _SPECIAL_TOKENS,
+                                                                       convert_gguf_tokenizer)
+
+    from rmbandit.models.gguf_loading import open_gguf
+
+    reader = open_gguf(pathlib.Path(path))
+    metadata = {key: field.contents() for key, field in reader.fields.items()
+                if key.startswith("tokenizer.") or key == "general.architecture"}
+    grouped = {group: {name: metadata[f"tokenizer.{key}"] for key, name in renames.items()
+                       if f"tokenizer.{key}" in metadata}
+               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    tokenizer_dict, config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer_dict.get("tokenizer_type") == "llama":
+        config.setdefault("add_bos_token", True)       # as transformers: llama.cpp adds BOS to sentencepiece
+    for name, key in _SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        config[name] = tokenizer_dict["tokens"][token_id] if token_id is not None else None
+    backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], tokenizer_dict)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{**config, **extra})
 
 
 # Checkpoints may give their embedding table spare rows past the tokenizer's ids (a

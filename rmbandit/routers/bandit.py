@@ -74,7 +74,7 @@ def bandit_router(bandit: bandits.Bandit, granularity: str, *, feedback: str = "
         rms = jnp.broadcast_to(arms, (items,))
         scores = jnp.broadcast_to(scores, (items, scores.shape[-1]))
         assignment = base.make_assignment(rms, scores, rows, arms, bandit_skipped(state.bandit))
-        if base.is_concrete(state, contexts, key):
+        if bandits.base.is_concrete(state, contexts, key):
             base.check(assignment)
         return state._replace(counts=base.count_labels(state.counts, assignment.rms)), assignment
 

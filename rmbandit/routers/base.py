@@ -77,11 +77,6 @@ class Router(NamedTuple):
     observe: ObserveFn
 
 
-def is_concrete(*trees) -> bool:
-    """True outside jit/vmap: no leaf is a tracer, so values can be checked on host."""
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
-
-
 def check_contexts(contexts) -> Array:
     """[B, d] float32 with B >= 1 (shape checks hold under jit too)."""
     contexts = jnp.asarray(contexts)
