@@ -271,3 +271,9 @@ def test_a_fresh_state_can_be_donated(name):
     update = jax.jit(bandit.update, donate_argnums=0)
     new = update(state, np.ones((2, 4), np.float32), np.array([0, 1], np.int32), np.ones(2, np.float32))
     assert bandits.num_arms(new) == 3
+
+
+def test_set_prior_on_a_bandit_without_linear_arms_names_what_it_needs():
+    state = bandits.quantile_rescale(bandits.exp3()).init(jax.random.key(0), 3, 4)
+    with pytest.raises(TypeError, match=r"holds no linear-Gaussian arms \(LinUCB / linear_thompson\)"):
+        bandits.set_prior(state, cov=0.02)

@@ -117,14 +117,15 @@ def inner_states(state: State):
         state = state.inner
 
 
-def replace_innermost(state: State, match: Callable[[State], bool], fn: Callable[[State], State]) -> State:
+def replace_innermost(state: State, match: Callable[[State], bool], fn: Callable[[State], State],
+                      what: str = "state this operation applies to") -> State:
     """Apply ``fn`` to the first state (outermost first) that ``match`` accepts, rebuilding
-    the wrappers around it; a TypeError if none does."""
+    the wrappers around it; a TypeError naming ``what`` was looked for if none does."""
     if match(state):
         return fn(state)
     if "inner" in getattr(state, "_fields", ()):
-        return state._replace(inner=replace_innermost(state.inner, match, fn))
-    raise TypeError(f"{type(state).__name__} holds no state this operation applies to")
+        return state._replace(inner=replace_innermost(state.inner, match, fn, what))
+    raise TypeError(f"{type(state).__name__} holds no {what}")
 
 
 def arm_states(state: State):

@@ -132,7 +132,8 @@ def set_prior(state, mean=None, cov=None, arms=None):
             cov_sqrt=a.cov_sqrt.at[idx].set(sqrt), mean=a.mean.at[idx].set(mu),
             prior_mean=a.prior_mean.at[idx].set(mu), prior_var=a.prior_var.at[idx].set(var)))
 
-    return base.replace_innermost(state, lambda s: isinstance(s, LinearState), apply)
+    return base.replace_innermost(state, lambda s: isinstance(s, LinearState), apply,
+                                  "linear-Gaussian arms (LinUCB / linear_thompson)")
 
 
 @base.forget.register
