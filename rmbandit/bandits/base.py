@@ -245,9 +245,9 @@ def reject_non_finite(old_state: State, new_state: State, arms: Array, valid: Ar
     if is_concrete(ok) and not bool(np.all(ok)):
         bad = np.flatnonzero(~np.asarray(ok)).tolist()
         raise FloatingPointError(
-            f"the update made the statistics of arm(s) {bad} non-finite (float32 overflow: are the "
-            "contexts' norms above ~1e18, or the rewards huge?); the state passed in is unchanged — "
-            "rescale the contexts or rewards")
+            f"the update made the statistics of arm(s) {bad} non-finite (a float32 overflow: rewards "
+            "near 1e38, or a huge prior variance with tiny contexts); the state passed in is unchanged — "
+            "rescale the rewards or contexts")
     kept = keep_finite_arms(old_state.arms, new_state.arms, ok)
     rejected = valid & ~ok[jnp.clip(arms, 0, ok.shape[0] - 1)]
     return new_state._replace(arms=kept, skipped=new_state.skipped + jnp.sum(rejected).astype(jnp.int32))
