@@ -80,6 +80,19 @@ def token_positions(cfg: ModelConfig, valid: Array, cache: KVCache | None) -> Po
     return Positions(rope_tables(cfg, positions, bound), biases, prefix_biases, key_valid)
 
 
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+
+
+def remat_block(block_class: type, policy: str) -> type:
+    """``block_class`` wrapped in ``nn.remat`` with the named policy ("none": as it is)."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {policy!r}")
+    if policy == "none":
+        return block_class
+    return nn.remat(block_class, policy=REMAT_POLICIES[policy])
+
+
 def layer_windows(cfg: ModelConfig) -> tuple:
     """Each layer's sliding window (None: full attention)."""
     return cfg.layer_windows or (cfg.sliding_window,) * cfg.num_layers
@@ -96,11 +109,17 @@ class LlamaModel(nn.Module):
     ``last_only=True`` projects only the last position onto the vocabulary.
 
     ``precision`` of every matmul: "auto" (``layers.default_precision``: HIGHEST for
-    float32 parameters, the backend's default for bfloat16), a ``jax.lax.Precision`` or None."""
+    float32 parameters, the backend's default for bfloat16), a ``jax.lax.Precision`` or None.
+
+    ``remat``: rematerialise each block in the backward pass (``REMAT_POLICIES``): "none"
+    keeps every activation, "full" keeps only the blocks' inputs, "dots" also keeps the
+    matmul outputs that have no batch dimension (MaxText's ``minimal``).  Set it with
+    ``model.clone(remat=...)``; the params are the same."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     precision: Any = "auto"
+    remat: str = "none"
     block_class: ClassVar[type] = LlamaBlock      # a family with other block maths swaps this
 
     @nn.compact
@@ -133,11 +152,12 @@ class LlamaModel(nn.Module):
         """The block stack -> (hidden states, each layer's keys, each layer's values)."""
         cfg, precision = self.config, resolve_precision(self.precision, self.dtype)
         prefix = None if cache is None else cache.prefix
+        block = remat_block(self.block_class, self.remat)
         keys, values = [], []
         for i, window in enumerate(layer_windows(cfg)):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], where.prefix_biases[window])
-            x, (k, v) = self.block_class(cfg, self.dtype, precision, name=f"layers_{i}")(
+            x, (k, v) = block(cfg, self.dtype, precision, name=f"layers_{i}")(
                 x, where.rope, where.biases[window], layer_cache, None if cache is None else cache.index,
                 layer_prefix)
             x = nn.with_logical_constraint(x, RESIDUAL)

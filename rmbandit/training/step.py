@@ -1,0 +1,171 @@
+"""The jitted preference-optimisation step: ``train_step(state, batch) -> (state, metrics)``.
+
+The policy is ``base`` (frozen) + ``state.params``: LoRA adapters (``models.lora``) or,
+with full fine-tuning, the whole params pytree (``base`` is then unused).  Gradients are
+taken with respect to ``state.params`` alone, so the frozen matrices get no weight
+gradient.  Each pair's prompt runs once for its chosen and rejected responses
+(``shared_prompt_logprobs``); the reference log-probs come in the batch, computed once per
+batch outside the gradient (``reference_logprobs``).  A batch of N pair slots splits into
+``micro_batches`` equal parts whose gradients are summed in a ``lax.scan`` (gradient
+accumulation); padded slots (``valid = 0``) weigh nothing, and the loss is the mean over
+the batch's valid pairs, whatever the split.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rmbandit.models import lora as lora_lib
+from rmbandit.models.functions import shared_prompt_logprobs
+from rmbandit.training.losses import dpo_loss, ipo_loss, log_ratio_margin
+
+Array = jax.Array
+LOSSES = ("dpo", "dpo_nll", "ipo")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    loss: Literal["dpo", "dpo_nll", "ipo"] = "dpo"
+    beta: float = 0.1
+    learning_rate: float = 5e-6            # LASeR's LoRA learning rate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    micro_batches: int = 1                 # gradient accumulation: the batch's pair slots split in this many
+    full_finetune: bool = False            # False: LoRA adapters only
+    lora_rank: int = 16                    # LASeR: rank 16, alpha 32, q_proj / v_proj
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"step.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.micro_batches < 1:
+            raise ValueError(f"step.micro_batches must be >= 1, got {self.micro_batches}")
+
+    @property
+    def lora(self) -> lora_lib.LoraConfig:
+        return lora_lib.LoraConfig(self.lora_rank, self.lora_alpha, tuple(self.lora_targets))
+
+
+class PairBatch(NamedTuple):
+    """N pair slots (static N; ``valid`` marks the real pairs)."""
+    prompt_ids: Array       # [N, P] int32, left-padded chat prompts
+    prompt_mask: Array      # [N, P]
+    response_ids: Array     # [2, N, R] int32: chosen, rejected (right-padded)
+    response_mask: Array    # [2, N, R]
+    reference: Array        # [2, N] float32: log pi_ref(y | x) of chosen, rejected
+    valid: Array            # [N] float32: 1 for a real pair
+
+
+class TrainState(NamedTuple):
+    params: Any             # what is trained: LoRA adapters, or the full params
+    opt_state: Any
+    step: Array             # int32: optimiser steps taken
+
+
+def make_optimizer(config: StepConfig) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping, with an optional linear warm-up."""
+    lr = config.learning_rate
+    if config.warmup_steps:
+        lr = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                       optax.adamw(lr, weight_decay=config.weight_decay))
+
+
+def init_state(key: Array, base_params, config: StepConfig) -> TrainState:
+    params = base_params if config.full_finetune else lora_lib.init_lora(key, base_params, config.lora)
+    return TrainState(params, make_optimizer(config).init(params), jnp.zeros((), jnp.int32))
+
+
+def policy_params(base_params, trained, config: StepConfig):
+    """The policy's full params: the trained pytree itself, or base + LoRA merged."""
+    return trained if config.full_finetune else lora_lib.merge_lora(base_params, trained, config.lora)
+
+
+def pair_logprobs(model, params, batch: PairBatch):
+    """log pi(y | x) of chosen and rejected [2, N] and their lengths [2, N]."""
+    out = shared_prompt_logprobs(model, params, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                                 batch.response_mask)
+    n = batch.prompt_ids.shape[0]
+    return out.total.reshape(2, n), out.length.reshape(2, n)
+
+
+def reference_logprobs(model, base_params, reference, batch: PairBatch, config: StepConfig) -> Array:
+    """log pi_ref(y | x) [2, N], no gradient: ``reference`` is the reference policy's trained
+    pytree (LoRA adapters, or full params)."""
+    total, _ = pair_logprobs(model, policy_params(base_params, reference, config), batch)
+    return jax.lax.stop_gradient(total)
+
+
+def pair_losses(policy: Array, lengths: Array, reference: Array, config: StepConfig) -> Array:
+    """Per-pair loss [N] from log-probs [2, N] (chosen, rejected)."""
+    if config.loss == "ipo":
+        return ipo_loss(policy[0], policy[1], reference[0], reference[1], config.beta)
+    nll = -policy[0] / jnp.maximum(lengths[0], 1.0) if config.loss == "dpo_nll" else None
+    return dpo_loss(policy[0], policy[1], reference[0], reference[1], config.beta, nll)
+
+
+def _split(batch: PairBatch, parts: int) -> PairBatch:
+    """[.., N, ..] -> [parts, .., N / parts, ..] along each field's pair axis."""
+    def split(x, axis):
+        n = x.shape[axis]
+        if n % parts:
+            raise ValueError(f"{n} pair slots do not split into step.micro_batches={parts} equal parts; "
+                             "make prompts_per_batch * pairs_per_prompt a multiple of micro_batches")
+        x = x.reshape(x.shape[:axis] + (parts, n // parts) + x.shape[axis + 1:])
+        return jnp.moveaxis(x, axis, 0)
+    return PairBatch(split(batch.prompt_ids, 0), split(batch.prompt_mask, 0), split(batch.response_ids, 1),
+                     split(batch.response_mask, 1), split(batch.reference, 1), split(batch.valid, 0))
+
+
+def make_train_step(model, config: StepConfig):
+    """``train_step(state, base_params, batch) -> (state, metrics)``, not yet jitted (the
+    caller jits it with its shardings and donation; see ``jit_train_step``).
+
+    metrics: ``loss`` (mean over valid pairs), ``losses`` [N] per pair (0 on padding),
+    ``margin`` [N] (the log-ratio margin h), ``reward_accuracy`` (share of valid pairs with
+    h > 0), ``grad_norm`` (before clipping), ``pairs``."""
+    optimizer = make_optimizer(config)
+
+    def micro_loss(trained, base_params, micro: PairBatch, count):
+        policy, lengths = pair_logprobs(model, policy_params(base_params, trained, config), micro)
+        losses = pair_losses(policy, lengths, micro.reference, config) * micro.valid
+        margin = log_ratio_margin(policy[0], policy[1], micro.reference[0], micro.reference[1]) * micro.valid
+        return jnp.sum(losses) / count, (losses, margin)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def train_step(state: TrainState, base_params, batch: PairBatch):
+        count = jnp.maximum(jnp.sum(batch.valid), 1.0)
+        micro = _split(batch, config.micro_batches)
+
+        def accumulate(grads, part):
+            (loss, aux), g = grad_fn(state.params, base_params, part, count)
+            return jax.tree.map(jnp.add, grads, g), (loss, aux)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, (loss_parts, (losses, margins)) = jax.lax.scan(accumulate, zeros, micro)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        valid = batch.valid
+        metrics = {"loss": jnp.sum(loss_parts), "losses": losses.reshape(-1), "margin": margins.reshape(-1),
+                   "reward_accuracy": jnp.sum((margins.reshape(-1) > 0) * valid) / count,
+                   "grad_norm": optax.tree.norm(grads), "pairs": jnp.sum(valid)}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+def jit_train_step(model, config: StepConfig, state_sharding=None, base_sharding=None, batch_sharding=None):
+    """The step jitted with the state's buffers donated (it is replaced every step) and,
+    on a mesh, the shardings of the state, the frozen params and the batch."""
+    step = make_train_step(model, config)
+    if state_sharding is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_sharding, base_sharding, batch_sharding),
+                   out_shardings=(state_sharding, None))

@@ -1,0 +1,194 @@
+"""The jitted DPO step: its loss against a NumPy DPO on full-sequence log-probs, gradient
+accumulation, padding, LoRA-only gradients, remat, full fine-tuning and sharding."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rmbandit import parallel
+from rmbandit.models import LlamaModel, ModelConfig, sequence_logprobs
+from rmbandit.training import step as step_lib
+
+CONFIG = ModelConfig(model_type="llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = LlamaModel(CONFIG)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                          is_leaf=lambda x: hasattr(x, "value"))
+    return model, params
+
+
+def make_batch(n=4, p=6, r=5, seed=0, valid=None):
+    rng = np.random.default_rng(seed)
+    prompt_ids = rng.integers(1, CONFIG.vocab_size, (n, p)).astype(np.int32)
+    prompt_mask = np.ones((n, p), np.int32)
+    prompt_mask[0, :2] = 0                               # left padding
+    response_ids = rng.integers(1, CONFIG.vocab_size, (2, n, r)).astype(np.int32)
+    response_mask = np.ones((2, n, r), np.int32)
+    response_mask[1, 1 % n, 3:] = 0                      # short responses (right padding)
+    response_mask[0, 2 % n, 4:] = 0
+    reference = rng.normal(-12.0, 1.0, (2, n)).astype(np.float32)
+    valid = np.ones(n, np.float32) if valid is None else np.asarray(valid, np.float32)
+    return step_lib.PairBatch(*map(jnp.asarray, (prompt_ids, prompt_mask, response_ids, response_mask,
+                                                 reference, valid)))
+
+
+def pair_axis(field):
+    return 1 if field in ("response_ids", "response_mask", "reference") else 0
+
+
+def full_sequence_logprobs(model, params, batch):
+    """log pi(y|x) [2, N] the plain way: prompt + response as one left/right-padded row."""
+    out = []
+    for k in range(2):
+        ids = jnp.concatenate([batch.prompt_ids, batch.response_ids[k]], 1)
+        mask = jnp.concatenate([batch.prompt_mask, batch.response_mask[k]], 1)
+        response = jnp.concatenate([jnp.zeros_like(batch.prompt_mask), batch.response_mask[k]], 1)
+        out.append(np.asarray(sequence_logprobs(model, params, ids, mask, response).total))
+    return np.stack(out)
+
+
+def numpy_dpo(policy, reference, valid, beta):
+    margin = beta * ((policy[0] - reference[0]) - (policy[1] - reference[1]))
+    losses = np.log1p(np.exp(-margin.astype(np.float64)))
+    return np.sum(losses * valid) / max(valid.sum(), 1), losses
+
+
+@pytest.mark.parametrize("loss", ["dpo", "dpo_nll", "ipo"])
+def test_step_loss_matches_numpy_on_full_sequences(model_and_params, loss):
+    model, params = model_and_params
+    config = step_lib.StepConfig(loss=loss, beta=0.5, learning_rate=1e-3)
+    state = step_lib.init_state(jax.random.key(1), params, config)
+    # a nonzero adapter, so the policy differs from the base model
+    state = state._replace(params=jax.tree.map(lambda x: x + 0.05, state.params))
+    batch = make_batch(valid=[1, 1, 0, 1])
+    merged = step_lib.policy_params(params, state.params, config)
+    policy = full_sequence_logprobs(model, merged, batch)
+    ref, valid = np.asarray(batch.reference), np.asarray(batch.valid)
+    if loss == "ipo":
+        h = (policy[0] - ref[0]) - (policy[1] - ref[1])
+        per_pair = (h - 1 / (2 * 0.5)) ** 2
+    else:
+        _, per_pair = numpy_dpo(policy, ref, valid, 0.5)
+        if loss == "dpo_nll":
+            per_pair = per_pair - policy[0] / np.asarray(batch.response_mask[0]).sum(-1)
+    want = np.sum(per_pair * valid) / valid.sum()
+    _, metrics = jax.jit(step_lib.make_train_step(model, config))(state, params, batch)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=2e-5)
+    np.testing.assert_allclose(metrics["losses"], per_pair * valid, rtol=2e-5, atol=1e-6)
+    assert float(metrics["pairs"]) == 3
+
+
+def test_reference_logprobs_are_the_reference_policys(model_and_params):
+    model, params = model_and_params
+    config = step_lib.StepConfig()
+    adapters = step_lib.init_state(jax.random.key(2), params, config).params
+    adapters = jax.tree.map(lambda x: x + 0.03, adapters)
+    batch = make_batch()
+    got = step_lib.reference_logprobs(model, params, adapters, batch, config)
+    want = full_sequence_logprobs(model, step_lib.policy_params(params, adapters, config), batch)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def run_steps(model, params, config, batches, key=3):
+    state = step_lib.init_state(jax.random.key(key), params, config)
+    step = jax.jit(step_lib.make_train_step(model, config))
+    for batch in batches:
+        state, metrics = step(state, params, batch)
+    return state, metrics
+
+
+def test_gradient_accumulation_equals_the_full_batch(model_and_params):
+    model, params = model_and_params
+    batches = [make_batch(n=8, seed=s, valid=[1, 0, 1, 1, 1, 1, 0, 1]) for s in range(3)]
+    one, m1 = run_steps(model, params, step_lib.StepConfig(learning_rate=1e-2), batches)
+    four, m4 = run_steps(model, params, step_lib.StepConfig(learning_rate=1e-2, micro_batches=4), batches)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_padded_slots_change_nothing(model_and_params):
+    """A batch with two extra invalid slots (garbage tokens) trains exactly as without them."""
+    model, params = model_and_params
+    small = make_batch(n=4, seed=5)
+    extra = make_batch(n=2, seed=6, valid=[0, 0])
+    big = step_lib.PairBatch(*(jnp.concatenate([s, e], axis=pair_axis(f))
+                               for f, s, e in zip(step_lib.PairBatch._fields, small, extra)))
+    assert big.prompt_ids.shape[0] == 6 and float(big.valid.sum()) == 4
+    config = step_lib.StepConfig(learning_rate=1e-2)
+    a, ma = run_steps(model, params, config, [small])
+    b, mb = run_steps(model, params, config, [big])
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_only_the_adapters_train_and_the_step_moves_them(model_and_params):
+    model, params = model_and_params
+    config = step_lib.StepConfig(learning_rate=1e-2)
+    start = step_lib.init_state(jax.random.key(3), params, config)
+    start_params = jax.tree.map(np.asarray, start.params)
+    state, metrics = run_steps(model, params, config, [make_batch()])
+    paths = {tuple(str(k.key) for k in path[-2:]) for path, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    assert paths == {("q_proj", "a"), ("q_proj", "b"), ("v_proj", "a"), ("v_proj", "b")}
+    moved = [np.abs(np.asarray(b) - a).max() for a, b in zip(jax.tree.leaves(start_params), jax.tree.leaves(state.params))]
+    assert max(moved) > 1e-4 and int(state.step) == 1
+    assert float(metrics["grad_norm"]) > 0
+
+
+def test_remat_gives_the_same_step(model_and_params):
+    model, params = model_and_params
+    config = step_lib.StepConfig(learning_rate=1e-2)
+    plain, m0 = run_steps(model, params, config, [make_batch(seed=7)])
+    for policy in ("full", "dots"):
+        remat, m1 = run_steps(model.clone(remat=policy), params, config, [make_batch(seed=7)])
+        np.testing.assert_allclose(m0["grad_norm"], m1["grad_norm"], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(remat.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="remat must be one of none, full, dots"):
+        model.clone(remat="ful").apply({"params": params}, jnp.zeros((1, 3), jnp.int32))
+
+
+def test_full_finetuning_trains_every_matrix(model_and_params):
+    model, params = model_and_params
+    config = step_lib.StepConfig(full_finetune=True, learning_rate=1e-3)
+    state, _ = run_steps(model, params, config, [make_batch()])
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params))]
+    assert all(changed), "every weight gets a gradient when fine-tuning fully"
+
+
+def test_micro_batches_must_divide_the_batch(model_and_params):
+    model, params = model_and_params
+    config = step_lib.StepConfig(micro_batches=3)
+    with pytest.raises(ValueError, match="do not split into step.micro_batches=3"):
+        run_steps(model, params, config, [make_batch(n=4)])
+
+
+def test_the_step_on_a_data_fsdp_mesh_matches_one_device(model_and_params):
+    model, params = model_and_params
+    config = step_lib.StepConfig(learning_rate=1e-2, micro_batches=2)
+    batch = make_batch(n=8, seed=9)
+    want, want_metrics = run_steps(model, params, config, [batch])
+    mesh = parallel.make_mesh(data=4, fsdp=2)
+    with parallel.use_mesh(mesh):
+        shardings = parallel.param_shardings(model, mesh, (jnp.zeros((1, 1), jnp.int32),))
+        sharded_params = jax.device_put(params, shardings)
+        state = step_lib.init_state(jax.random.key(3), sharded_params, config)
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        spec = lambda x, axis: jax.sharding.NamedSharding(  # noqa: E731
+            mesh, jax.sharding.PartitionSpec(*([None] * axis + [("data", "fsdp")])))
+        batch = step_lib.PairBatch(*(jax.device_put(x, spec(x, pair_axis(f)))
+                                     for f, x in zip(step_lib.PairBatch._fields, batch)))
+        got, metrics = jax.jit(step_lib.make_train_step(model, config))(state, sharded_params, batch)
+    np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
