@@ -240,6 +240,8 @@ def _build(schema: type, data: Mapping, base, prefix: str, problems: list[str], 
             continue
         value = data[name]
         section = _section_of(tp)
+        if value is None and section is tp:  # `sampling:` with every key commented out
+            value = {}
         if isinstance(value, Mapping) and section is not None and isinstance(current, section):
             values[name] = _build(section, value, current, f"{dotted}.", problems, root)
         else:
@@ -338,6 +340,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may bring keys that this mapping then overrides
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, typing.Hashable):
                 continue  # SafeLoader's own error names it

@@ -257,6 +257,16 @@ def test_empty_file_is_all_defaults(tmp_path):
     assert config.load(Train, write(tmp_path, "# nothing set yet\n")) == Train()
 
 
+def test_yaml_anchors_and_merge_keys_work_and_a_section_left_empty_is_its_defaults(tmp_path):
+    path = write(tmp_path, "extra: &common {a: 1, b: 2}\noptim:\n  <<: {warmup: 3, learning_rate: 0.5}\n"
+                           "  warmup: 4\nsampling:\n  # temperature: 1.0\n")
+    cfg = config.load(Train, path)
+    assert cfg.extra == {"a": 1, "b": 2} and cfg.optim == Optim(learning_rate=0.5, warmup=4)
+    assert cfg.sampling == Sampling()
+    assert error_of(config.from_dict, Train, {"eval_every": 1, "sampling": None, "optim": []}) == (
+        "config: 'optim' expects a mapping with keys learning_rate, warmup, got [] (list)")
+
+
 def test_missing_file_lists_the_configs_next_to_it(tmp_path):
     write(tmp_path, "", "laser_small.yaml")
     write(tmp_path, "", "single_rm.yml")
