@@ -133,10 +133,10 @@ class MetricsLog:
                 if not isinstance(row.get("step"), int):
                     raise ValueError(f"{self.path}: line {number} has no integer 'step' "
                                      f"(got {row.get('step')!r}), so it cannot be resumed from")
-            kept = b"".join(raw for raw, row in rows if row["step"] < resume_step)
-            have = sum(1 for _, row in rows if row["step"] < resume_step)
-            if have < resume_step:
-                warnings.warn(f"{self.path} holds {have} rows before step {resume_step}, not {resume_step}: "
+            before = [raw for raw, row in rows if row["step"] < resume_step]
+            kept = b"".join(before)
+            if len(before) < resume_step:
+                warnings.warn(f"{self.path} holds {len(before)} rows before step {resume_step}, not {resume_step}: "
                               "the metrics of some earlier batches are missing", stacklevel=2)
         elif resume_step:
             warnings.warn(f"resuming at step {resume_step} but {self.path} does not exist: the metrics of "
