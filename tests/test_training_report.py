@@ -33,19 +33,23 @@ def _rows(n=10):
     return [_row(s, rm=RMS[s % 3], category=CATS[s % 2], skipped=(s == 4)) for s in range(n)]
 
 
+def _records(file):
+    """The Events of one TensorBoard event file (TFRecord framing: u64 length, u32 crc, payload, u32 crc)."""
+    data, at = file.read_bytes(), 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        yield event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+        at += 16 + length
+
+
+def _event_files(run_dir):
+    return sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def _events(run_dir):
-    """(tag, step, value) of every scalar in the run's TensorBoard event files, in file order
-    (TFRecord framing: u64 length, u32 crc, payload, u32 crc)."""
-    out = []
-    for file in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
-        data, at = file.read_bytes(), 0
-        while at < len(data):
-            (length,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
-            at += 16 + length
-            for value in event.summary.value:
-                out.append((value.tag, event.step, value.simple_value))
-    return out
+    """(tag, step, value) of every scalar in the run's event files, in file order."""
+    return [(value.tag, event.step, value.simple_value)
+            for file in _event_files(run_dir) for event in _records(file) for value in event.summary.value]
 
 
 # --- metrics.jsonl -----------------------------------------------------------------------------
@@ -177,19 +181,11 @@ def test_tensorboard_resume_purges_from_the_resume_step(tmp_path):
             log.write(row)
     with MetricsLog(tmp_path, resume_step=5) as log:
         log.write(_row(5, loss=9.0))
-    files = sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    files = _event_files(tmp_path)
     assert len(files) == 2                  # same second, yet the first file was not overwritten
-    second = event_pb2.Event()
-    data = files[1].read_bytes()
-    starts = []
-    at = 0
-    while at < len(data):
-        (length,) = struct.unpack("<Q", data[at:at + 8])
-        second.ParseFromString(data[at + 12:at + 12 + length])
-        if second.HasField("session_log"):
-            starts.append((second.session_log.status, second.step))
-        at += 16 + length
-    assert starts == [(event_pb2.SessionLog.START, 5)]
+    for file, purge_from in zip(files, [0, 5]):       # a fresh run hides what an earlier run left
+        starts = [(e.session_log.status, e.step) for e in _records(file) if e.HasField("session_log")]
+        assert starts == [(event_pb2.SessionLog.START, purge_from)]
     assert [v for tag, step, v in _events(tmp_path) if tag == "loss" and step == 5][-1] == 9.0
 
 
@@ -328,10 +324,12 @@ def test_plots_are_pngs_when_an_rm_never_appears(tmp_path):
 
 def test_plots_of_an_all_skipped_run_say_no_data(tmp_path, monkeypatch):
     import matplotlib.axes
-    said = []
-    original = matplotlib.axes.Axes.text
-    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, s, *a, **k: (said.append(s),
-                                                                                       original(self, x, y, s, *a, **k))[1])
+    said, original = [], matplotlib.axes.Axes.text
+
+    def text(self, x, y, s, *args, **kwargs):          # record what the plots write on their axes
+        said.append(s)
+        return original(self, x, y, s, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", text)
     rows = [_row(s, skipped=True) for s in range(5)]
     plot_bandit_rewards(rows, RMS, tmp_path / "rewards.png")
     plot_utilisation(rows, RMS, CATS, tmp_path / "utilisation.png")
