@@ -111,6 +111,24 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from rmbandit import config as config_lib
+    from rmbandit.training import config as train_config
+    from rmbandit.training import loop
+    try:
+        config = config_lib.load(train_config.TrainConfig, args.config, args.overrides)
+        train_config.check(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rmbandit train: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        loop.train(config, progress=not args.quiet and sys.stderr.isatty())
+    except loop.TrainingDiverged as err:
+        print(f"rmbandit train: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmbandit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory for " + ", ".join(SIMULATE_OUTPUTS) + " (created; checked before the run)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
+    train = sub.add_parser("train", help="iterative DPO with RM routing (LASeR by default)",
+                           description="Train a policy with preference pairs labelled by routed RMs. Running the same "
+                                       "command on an existing run_dir resumes from its latest checkpoint.")
+    train.add_argument("--config", default=None,
+                       help="YAML config (e.g. experiments/configs/laser_small.yaml); default: the embedded demo")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted overrides, e.g. train.iterations=3 sampling.num_samples=8 run_dir=runs/x")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

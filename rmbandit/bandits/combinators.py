@@ -72,12 +72,16 @@ def batch_baseline(bandit: base.Bandit) -> base.Bandit:
     reward -L_i the raw reward becomes mean batch loss - L_i)."""
 
     def update(state, contexts, arms, rewards):
-        rewards = jnp.asarray(rewards, jnp.float32)
-        finite = jnp.isfinite(rewards)
-        mean = jnp.sum(jnp.where(finite, rewards, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
-        return bandit.update(state, contexts, arms, rewards - mean)
+        return bandit.update(state, contexts, arms, centred(rewards))
 
     return base.Bandit(bandit.init, bandit.select, update)
+
+
+def centred(rewards: Array) -> Array:
+    """Rewards minus the mean of the finite ones (non-finite ones stay as they are)."""
+    rewards = jnp.asarray(rewards, jnp.float32)
+    finite = jnp.isfinite(rewards)
+    return rewards - jnp.sum(jnp.where(finite, rewards, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
 
 
 class CostArms(NamedTuple):

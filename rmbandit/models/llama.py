@@ -107,6 +107,7 @@ class LlamaModel(nn.Module):
     ``init_cache``) the call appends the tokens to the cache and returns
     (logits, new cache): prefill with the prompt, then decode one token at a time.
     ``last_only=True`` projects only the last position onto the vocabulary.
+    ``with_hidden=True`` returns (logits, final hidden states) in place of the logits.
 
     ``precision`` of every matmul: "auto" (``layers.default_precision``: HIGHEST for
     float32 parameters, the backend's default for bfloat16), a ``jax.lax.Precision`` or None.
@@ -124,7 +125,7 @@ class LlamaModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None,
-                 last_only=False):
+                 last_only=False, with_hidden=False):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         valid = attention_mask.astype(bool)
@@ -137,6 +138,8 @@ class LlamaModel(nn.Module):
         if last_only:              # prefill for sampling: the vocabulary projection of one position
             x = x[:, -1:]
         out = nn.with_logical_constraint(x, RESIDUAL) if return_hidden else self._head(x, embed)
+        if with_hidden:            # the logits and the hidden states they came from (sampling + routing)
+            out = (out, x)
         if cache is None:
             return out
         return out, KVCache(keys, values, where.key_valid, cache.index + valid.shape[1],

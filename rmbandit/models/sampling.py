@@ -20,6 +20,8 @@ class Samples(NamedTuple):
     tokens: Array          # [B * n, max_new] (pad_id after the stop)
     mask: Array            # [B * n, max_new] 1 on generated tokens, EOS included
     logprobs: Array        # [B * n, max_new] log p(token) under the unscaled model (temperature 1)
+    prompt_hidden: Array   # [B, D] final hidden state at each prompt's last position (LASeR's context,
+                           # from the prefill the samples need anyway)
 
 
 def filter_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:
@@ -95,8 +97,8 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
     # position onto the vocabulary; its keys and values become the samples' shared prefix
     # (read once per prompt by attention, never copied per sample)
     prompt_cache = init_cache(model.config, prompt_ids.shape[0], prompt_ids.shape[1], model.dtype)
-    logits, prompt_cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=prompt_cache,
-                                       last_only=True)
+    (logits, hidden), prompt_cache = model.apply({"params": params}, prompt_ids, prompt_mask, cache=prompt_cache,
+                                                 last_only=True, with_hidden=True)
     ends = decode_chunks(max_new_tokens, chunks)
     cache = continue_prompts(prompt_cache, num_samples, ends[0])
     cache = cache._replace(index=jnp.int32(cache.index))       # a loop carries the slot as an array
@@ -143,4 +145,4 @@ def generate(model, params, prompt_ids: Array, prompt_mask: Array, key: Array, *
             carry = carry[:2] + (grow_cache(carry[2], end),) + carry[3:]
         carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[3]), body, carry)
     _, _, _, _, tokens, out_mask, out_logp = carry
-    return Samples(tokens, out_mask.astype(jnp.int32), out_logp)
+    return Samples(tokens, out_mask.astype(jnp.int32), out_logp, hidden[:, -1])

@@ -78,7 +78,7 @@ def bandit_router(bandit: bandits.Bandit, granularity: str, *, feedback: str = "
             base.check(assignment)
         return state._replace(counts=base.count_labels(state.counts, assignment.rms)), assignment
 
-    def observe(state, assignment, signal):
+    def raw_rewards(assignment, signal):
         signal = jnp.asarray(signal, jnp.float32)
         rows = assignment.rows.shape[0]
         if per_batch:
@@ -88,10 +88,23 @@ def bandit_router(bandit: bandits.Bandit, granularity: str, *, feedback: str = "
             signal = signal.mean(keepdims=True).reshape(1)
         elif signal.shape != (rows,):
             raise ValueError(f"observe needs one {feedback} per item, shape ({rows},), got shape {signal.shape}")
-        rewards = -signal if feedback == "loss" else signal
+        return -signal if feedback == "loss" else signal
+
+    def observe(state, assignment, signal):
+        rewards = raw_rewards(assignment, signal)
         return state._replace(bandit=learner.update(state.bandit, assignment.rows, assignment.arms, rewards))
 
-    return base.Router(init, assign, observe)
+    def reward(state, assignment, signal):
+        rewards = raw_rewards(assignment, signal)
+        if baseline:
+            rewards = bandits.combinators.centred(rewards)
+        if rescale is not None:
+            history = next(s.history for s in bandits.base.inner_states(state.bandit)
+                           if isinstance(s, bandits.combinators.RescaledState))
+            rewards = bandits.rescale_rewards(history, rewards, *rescale)
+        return rewards
+
+    return base.Router(init, assign, observe, reward)
 
 
 def laser(alpha: float = 0.5, history: int = 4096) -> base.Router:

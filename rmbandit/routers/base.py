@@ -71,10 +71,17 @@ class ObserveFn(Protocol):
         (its mean is the batch's signal, e.g. the per-pair DPO losses of the batch)."""
 
 
+class RewardFn(Protocol):
+    def __call__(self, state: RouterState, assignment: Assignment, feedback: Array) -> Array:
+        """The rewards ``observe`` would hand the bandit for this feedback, after shaping
+        (one per row of ``assignment.rows``), without changing the state: for logging."""
+
+
 class Router(NamedTuple):
     init: InitFn
     assign: AssignFn
     observe: ObserveFn
+    reward: RewardFn | None = None      # None: the router learns nothing (fixed baselines)
 
 
 def check_contexts(contexts) -> Array:

@@ -1,0 +1,137 @@
+"""The training run's configuration: frozen dataclasses, one per component; YAML files
+(``experiments/configs/*.yaml``) fill them, with dotted ``key=value`` overrides
+(``rmbandit.config``).  Defaults are the embedded demo: SmolLM2-135M-Instruct trained
+with LASeR on the bundled suite on a CPU."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from rmbandit.rewards.pool import DEFAULT_POOL
+from rmbandit.training.step import StepConfig
+
+ROUTERS = ("laser", "single_rm", "random", "round_robin")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    path: str = "smollm2"                  # HF checkpoint dir, .gguf, hub id, or a packaged alias
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    max_prompt_tokens: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    categories: tuple[str, ...] = ("arithmetic", "multiple_choice", "format", "factual")
+    train_per_category: int = 200
+    # grouped: every batch holds one category (LASeR App. B); shuffled: categories mixed
+    batching: Literal["grouped", "shuffled"] = "grouped"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    num_samples: int = 4                   # responses per prompt (LASeR: 30)
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    pairs_per_prompt: int = 2              # P random pairs with a strict score gap (LASeR: 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    iterations: int = 2
+    batches_per_iteration: int = 4
+    prompts_per_batch: int = 4
+    # pi_ref: the previous iteration's policy (LASeR) or the initial one (BayesianRouter)
+    reference: Literal["previous", "initial"] = "previous"
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+    name: Literal["laser", "single_rm", "random", "round_robin"] = "laser"
+    alpha: float = 0.5                     # LinUCB exploration (LASeR: 0.4-0.6)
+    rm: str | None = None                  # single_rm: the RM's name in the pool
+    pooling: Literal["last", "first", "mean"] = "last"     # prompt embedding (LASeR: last token)
+    history: int = 4096                    # rewards kept for the quantile rescaling
+    # the loss the router observes for a batch whose scores gave no pair (every sample tied):
+    # None = it observes nothing (the batch is skipped).  A router that never hears about
+    # such batches keeps choosing an RM that cannot tell the samples apart; ln 2 (the DPO loss
+    # of a pair the policy learns nothing from) lets it learn that it taught nothing.
+    empty_batch_loss: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    per_category: int = 16                 # test tasks per category
+    max_new_tokens: int = 48
+    every_iteration: bool = True           # False: before and after training only
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 2                         # batches between checkpoints (and one after every iteration)
+    keep: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1                         # -1: the devices fsdp x tensor leave
+    fsdp: int = 1
+    tensor: int = 1
+    devices: int | None = None             # use the first this many devices (None: all)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/laser_small"
+    seed: int = 0
+    policy: PolicyConfig = PolicyConfig()
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    train: LoopConfig = LoopConfig()
+    step: StepConfig = StepConfig()
+    router: RouterConfig = RouterConfig()
+    pool: tuple[dict, ...] = DEFAULT_POOL
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    @property
+    def total_batches(self) -> int:
+        return self.train.iterations * self.train.batches_per_iteration
+
+
+def check(config: TrainConfig) -> None:
+    """Cross-field checks ``rmbandit.config`` cannot do (types are checked there), before
+    anything loads; a ValueError names the key and the fix."""
+    def need(ok, message):
+        if not ok:
+            raise ValueError(message)
+
+    for key, value in (("train.iterations", config.train.iterations),
+                       ("train.batches_per_iteration", config.train.batches_per_iteration),
+                       ("train.prompts_per_batch", config.train.prompts_per_batch),
+                       ("sampling.max_new_tokens", config.sampling.max_new_tokens),
+                       ("sampling.pairs_per_prompt", config.sampling.pairs_per_prompt),
+                       ("checkpoint.every", config.checkpoint.every), ("checkpoint.keep", config.checkpoint.keep),
+                       ("eval.per_category", config.eval.per_category)):
+        need(value >= 1, f"{key} must be at least 1, got {value}")
+    need(config.sampling.num_samples >= 2, f"sampling.num_samples must be at least 2 (a pair needs two responses), "
+                                           f"got {config.sampling.num_samples}")
+    need(config.sampling.temperature > 0, "sampling.temperature must be > 0: greedy samples of a prompt are all the "
+                                          f"same and give no pair, got {config.sampling.temperature}")
+    candidates = config.sampling.num_samples * (config.sampling.num_samples - 1) // 2
+    need(config.sampling.pairs_per_prompt <= candidates,
+         f"sampling.pairs_per_prompt={config.sampling.pairs_per_prompt} but sampling.num_samples="
+         f"{config.sampling.num_samples} responses give only {candidates} pairs per prompt")
+    slots = config.train.prompts_per_batch * config.sampling.pairs_per_prompt
+    need(slots % config.step.micro_batches == 0,
+         f"step.micro_batches={config.step.micro_batches} must divide the batch's pair slots, "
+         f"train.prompts_per_batch x sampling.pairs_per_prompt = {slots}")
+    names = [entry.get("name", entry.get("kind")) for entry in config.pool]
+    need(len(config.pool) >= 1, "pool is empty: name at least one RM (see rmbandit.rewards.pool.DEFAULT_POOL)")
+    if config.router.name == "single_rm":
+        need(config.router.rm in names, f"router.rm must name an RM of the pool for router.name=single_rm; "
+                                        f"got {config.router.rm!r}, the pool has {', '.join(map(str, names))}")
+    need(config.data.train_per_category >= 1, "data.train_per_category must be at least 1")

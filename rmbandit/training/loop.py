@@ -1,0 +1,402 @@
+"""Iterative preference training with RM routing (ALGORITHMS.md sections 1-2).
+
+For each of M iterations x T batches of prompts:
+  1. route:  the policy's prompt embeddings -> ``router.assign`` -> the RM of the batch
+  2. sample: n responses per prompt from the policy (jitted KV-cache sampling)
+  3. score:  the routed RM scores them; P random pairs per prompt with a strict score gap
+  4. step:   reference log-probs (no gradient), then the jitted DPO step on the pairs
+  5. learn:  ``router.observe`` with the batch's loss (LASeR: quantile-rescaled -loss)
+A batch that forms no pair skips 4 and 5 (and says so in its metrics row).  After each
+iteration: greedy accuracy per category on the test split and, for LASeR, pi_ref <- pi.
+
+Everything a resume needs is checkpointed with orbax every ``checkpoint.every`` batches
+and after every iteration: the trained params and optimiser, the reference, the router
+(with its reward history), the RMs' state (RNG counters, caches), the accuracies so far
+and the position.  Randomness comes from ``fold_in(key(seed), batch index)`` and the data
+order from (seed, iteration), so a resumed run ends bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from rmbandit import config as config_lib
+from rmbandit import data, parallel, routers, text
+from rmbandit.models import load_pretrained, load_tokenizer, prompt_embeddings
+from rmbandit.models.sampling import bucket, generate
+from rmbandit.rewards import pool as pool_lib
+from rmbandit.training import report
+from rmbandit.training import step as step_lib
+from rmbandit.training.config import TrainConfig, check
+from rmbandit.training.evaluate import accuracy_by_category, decode_responses
+from rmbandit.training.pairs import sample_pairs
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss: the run stops before anything of that batch is saved."""
+
+
+def make_router(config: TrainConfig, rm_names: list[str]) -> routers.Router:
+    cfg = config.router
+    if cfg.name == "laser":
+        return routers.laser(alpha=cfg.alpha, history=cfg.history)
+    if cfg.name == "single_rm":
+        return routers.single_rm(rm_names.index(cfg.rm))
+    if cfg.name == "random":
+        return routers.uniform_random("batch", history=cfg.history)
+    if cfg.name == "round_robin":
+        return routers.round_robin("batch", history=cfg.history)
+    raise ValueError(f"router.name {cfg.name!r} is not a training router")
+
+
+def batch_schedule(tasks: list[data.Task], config: TrainConfig, iteration: int) -> list[list[data.Task]]:
+    """The iteration's batches of prompts, from (seed, iteration) alone.  ``grouped``: every
+    batch holds one category (shuffled within it); ``shuffled``: all tasks shuffled."""
+    rng = np.random.default_rng([config.seed, iteration])
+    size, wanted = config.train.prompts_per_batch, config.train.batches_per_iteration
+    if config.data.batching == "shuffled":
+        pools = [[tasks[i] for i in rng.permutation(len(tasks))]]
+    else:
+        by_category: dict[str, list[data.Task]] = {}
+        for task in tasks:
+            by_category.setdefault(task.category, []).append(task)
+        pools = [[group[i] for i in rng.permutation(len(group))] for group in by_category.values()]
+    batches = [pool[i:i + size] for pool in pools for i in range(0, len(pool) - size + 1, size)]
+    if not batches:
+        raise ValueError(f"train.prompts_per_batch={size} is more than the tasks of a category "
+                         f"(data.train_per_category={config.data.train_per_category})")
+    order = rng.permutation(len(batches))
+    return [batches[order[i % len(batches)]] for i in range(wanted)]
+
+
+def category_of(batch: list[data.Task]) -> str:
+    categories = {t.category for t in batch}
+    return categories.pop() if len(categories) == 1 else "mixed"
+
+
+class Trainer:
+    """One training run in ``config.run_dir``; ``run()`` trains (resuming from the latest
+    checkpoint there, if any) and returns the summary."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False):
+        check(config)
+        self.config, self.log, self.progress = config, log, progress
+        self.run_dir = pathlib.Path(config.run_dir)
+        devices = jax.devices() if config.mesh.devices is None else jax.devices()[:config.mesh.devices]
+        self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+        self.train_tasks = data.load_suite("train", size_per_category=config.data.train_per_category,
+                                           categories=config.data.categories, seed=config.seed)
+        self.test_tasks = data.load_suite("test", size_per_category=config.eval.per_category,
+                                          categories=config.data.categories, seed=config.seed)
+        pool_lib.check_entries(config.pool)                   # before any model loads
+        path = pool_lib.resolve_path(config.policy.path)
+        self.tokenizer = load_tokenizer(path)
+        dtype = jnp.dtype(config.policy.dtype)
+        model, self.base = load_pretrained(path, dtype, mesh=self.mesh)
+        self.model = model.clone(remat=config.policy.remat)
+        self.pool = pool_lib.build_pool(config.pool, self.train_tasks + self.test_tasks)
+        pairwise = [rm.name for rm in self.pool if not rm.pointwise]
+        if pairwise:
+            raise ValueError(f"RM(s) {pairwise} are pairwise judges; the training loop scores each response "
+                             "(pointwise): use mode: pointwise for judges")
+        self.rm_names = [rm.name for rm in self.pool]
+        self.router = make_router(config, self.rm_names)
+        self.eos_ids = tuple(sorted({self.tokenizer.eos_token_id} - {None}))
+        self.pad_id = text.pad_id(self.tokenizer)
+        self._compile()
+
+    # ---- the jitted pieces --------------------------------------------------------------
+    def _compile(self):
+        model, cfg = self.model, self.config
+        step_cfg = cfg.step
+
+        def merged(base, trained):
+            return step_lib.policy_params(base, trained, step_cfg)
+
+        self._embed = jax.jit(lambda base, trained, ids, mask: prompt_embeddings(
+            model, merged(base, trained), ids, mask, cfg.router.pooling))
+
+        @functools.partial(jax.jit, static_argnames=("samples", "temperature", "max_new"))
+        def sample(base, trained, ids, mask, key, samples, temperature, max_new):
+            return generate(model, merged(base, trained), ids, mask, key, max_new_tokens=max_new,
+                            num_samples=samples, temperature=temperature, top_p=cfg.sampling.top_p,
+                            eos_ids=self.eos_ids, pad_id=self.pad_id)
+
+        self._sample = sample
+        self._reference = jax.jit(lambda base, ref, batch: step_lib.reference_logprobs(model, base, ref, batch,
+                                                                                       step_cfg))
+        self._step = step_lib.jit_train_step(model, step_cfg)
+        self._assign = jax.jit(self.router.assign)
+        self._observe = jax.jit(self.router.observe)
+        self._reward = jax.jit(self.router.reward) if self.router.reward else None
+        self._pairs = jax.jit(sample_pairs, static_argnums=1)
+
+    def _replicated(self, tree):
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+
+    def _batch_sharded(self, array: np.ndarray, axis: int = 0):
+        spec = [None] * array.ndim
+        spec[axis] = ("data", "fsdp")
+        spec = parallel.fit_spec(jax.sharding.PartitionSpec(*spec), array.shape, self.mesh)
+        return jax.device_put(array, jax.sharding.NamedSharding(self.mesh, spec))
+
+    # ---- state --------------------------------------------------------------------------
+    def fresh_state(self) -> dict:
+        key = jax.random.key(self.config.seed)
+        train = step_lib.init_state(jax.random.fold_in(key, 1), self.base, self.config.step)
+        if not self.config.step.full_finetune:
+            train = self._replicated(train)
+        router = self._replicated(self.router.init(jax.random.fold_in(key, 2), len(self.pool),
+                                                   self.model.config.hidden_size))
+        return {"train": train, "reference": _copy(train.params), "router": router}
+
+    def respond(self, prompts: list[str], state: dict) -> list[str]:
+        """Greedy responses of the current policy (evaluation)."""
+        enc = text.encode_prompts(self.tokenizer, prompts, self.config.policy.max_prompt_tokens)
+        out = self._sample(self.base, state["train"].params, enc["input_ids"], enc["attention_mask"],
+                           jax.random.key(0), 1, 0.0, self.config.eval.max_new_tokens)
+        return decode_responses(self.tokenizer, out.tokens, out.mask)
+
+    def evaluate(self, state: dict) -> dict[str, float]:
+        with parallel.use_mesh(self.mesh):
+            return accuracy_by_category(lambda prompts: self.respond(list(prompts), state), self.test_tasks)
+
+    # ---- one batch ----------------------------------------------------------------------
+    def train_batch(self, state: dict, step: int) -> tuple[dict, dict]:
+        """Route, sample, score, step and learn on batch ``step`` (global index); returns
+        the new state and the batch's metrics row."""
+        cfg = self.config
+        iteration, index = divmod(step, cfg.train.batches_per_iteration)
+        tasks = batch_schedule(self.train_tasks, cfg, iteration)[index]
+        prompts = [t.prompt for t in tasks]
+        key = jax.random.fold_in(jax.random.key(cfg.seed), 1000 + step)
+        route_key, sample_key, pair_key = jax.random.split(key, 3)
+        times = {}
+        started = time.perf_counter()
+
+        with parallel.use_mesh(self.mesh):
+            # 1. sample (the prefill also gives LASeR's context: the prompts' last hidden states)
+            clock = time.perf_counter()
+            enc = text.encode_prompts(self.tokenizer, prompts, cfg.policy.max_prompt_tokens)
+            ids, mask = self._batch_sharded(enc["input_ids"]), self._batch_sharded(enc["attention_mask"])
+            n = cfg.sampling.num_samples
+            samples = self._sample(self.base, state["train"].params, ids, mask, sample_key, n,
+                                   cfg.sampling.temperature, cfg.sampling.max_new_tokens)
+            tokens, token_mask = np.asarray(samples.tokens), np.asarray(samples.mask)
+            responses = decode_responses(self.tokenizer, tokens, token_mask)
+            times["time_sample"] = time.perf_counter() - clock
+
+            # 2. route
+            clock = time.perf_counter()
+            contexts = samples.prompt_hidden if cfg.router.pooling == "last" else self._embed(
+                self.base, state["train"].params, ids, mask)
+            router_state, assignment = self._assign(state["router"], contexts, route_key)
+            routers.check(assignment)
+            rms = np.asarray(assignment.rms)
+            times["time_router"] = time.perf_counter() - clock
+
+            # 3. score with the routed RM(s), then pairs
+            clock = time.perf_counter()
+            scores = np.full((len(prompts), n), np.nan, np.float32)
+            for rm_index in np.unique(rms):
+                rows = np.flatnonzero(rms == rm_index)
+                flat = [r * n + j for r in rows for j in range(n)]
+                scores[rows] = self.pool[rm_index].score([prompts[i // n] for i in flat],
+                                                         [responses[i] for i in flat]).reshape(len(rows), n)
+            pairs = jax.device_get(self._pairs(scores, cfg.sampling.pairs_per_prompt, pair_key))
+            valid = np.asarray(pairs.valid)
+            times["time_score"] = time.perf_counter() - clock
+
+            row = {"step": step, "iteration": iteration, "batch": index, "category": category_of(tasks),
+                   "rm": self.rm_names[rms[0]] if (rms == rms[0]).all() and rms[0] >= 0 else "mixed",
+                   "rm_pairs": {name: int(valid[np.repeat(rms, cfg.sampling.pairs_per_prompt) == k].sum())
+                                for k, name in enumerate(self.rm_names)},
+                   "pairs": int(valid.sum())}
+            state = {**state, "router": router_state}
+            if not valid.any():
+                # no pair: no step; the router learns nothing from the batch, or router.empty_batch_loss
+                times["time_step"] = 0.0
+                row.update(skipped=True, loss=None, bandit_reward=None, reward_accuracy=None, grad_norm=None)
+                if cfg.router.empty_batch_loss is not None:
+                    clock = time.perf_counter()
+                    row["bandit_reward"], state["router"] = self._learn(router_state, assignment,
+                                                                        cfg.router.empty_batch_loss)
+                    times["time_router"] += time.perf_counter() - clock
+            else:
+                # 4. step
+                clock = time.perf_counter()
+                batch = self._pair_batch(enc, tokens, token_mask, pairs)
+                reference = self._reference(self.base, state["reference"], batch)
+                batch = batch._replace(reference=reference)
+                train, metrics = self._step(state["train"], self.base, batch)
+                loss = float(metrics["loss"])
+                times["time_step"] = time.perf_counter() - clock
+                if not np.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the training loss is {loss} at iteration {iteration}, batch {index} (global batch {step}): "
+                        f"the policy diverged. Nothing of this batch was saved; {self._latest_text()}. Lower "
+                        "step.learning_rate (or step.beta / step.max_grad_norm) and run the same command with the "
+                        "override to resume from that checkpoint.")
+                # 5. learn
+                clock = time.perf_counter()
+                reward, router_state = self._learn(router_state, assignment, loss)
+                state = {**state, "train": train, "router": router_state}
+                times["time_router"] += time.perf_counter() - clock
+                row.update(skipped=False, loss=loss, bandit_reward=reward,
+                           reward_accuracy=float(metrics["reward_accuracy"]), grad_norm=float(metrics["grad_norm"]))
+        times["time_batch"] = time.perf_counter() - started
+        row.update(times)
+        return state, row
+
+    def _learn(self, router_state, assignment, loss: float):
+        """The router observes the batch's loss -> (the bandit's shaped reward, new state)."""
+        signal = jnp.float32(loss)
+        reward = None if self._reward is None else float(self._reward(router_state, assignment, signal)[0])
+        return reward, self._observe(router_state, assignment, signal)
+
+    def _pair_batch(self, enc, tokens, token_mask, pairs) -> step_lib.PairBatch:
+        """Pair slots -> the step's input: the prompt of each slot, its chosen and rejected
+        samples (cut to the longest real response, bucketed to limit compiles)."""
+        n = self.config.sampling.num_samples
+        prompt, valid = np.asarray(pairs.prompt), np.asarray(pairs.valid)
+        chosen, rejected = prompt * n + np.asarray(pairs.chosen), prompt * n + np.asarray(pairs.rejected)
+        width = bucket(max(int(token_mask.sum(1).max()), 1), 16, token_mask.shape[1])
+        response_ids = np.stack([tokens[chosen], tokens[rejected]])[..., :width]
+        response_mask = np.stack([token_mask[chosen], token_mask[rejected]])[..., :width] * valid[None, :, None]
+        return step_lib.PairBatch(
+            self._batch_sharded(enc["input_ids"][prompt]), self._batch_sharded(enc["attention_mask"][prompt]),
+            self._batch_sharded(response_ids.astype(np.int32), 1),
+            self._batch_sharded(response_mask.astype(np.int32), 1),
+            self._batch_sharded(np.zeros((2, len(prompt)), np.float32), 1),
+            self._batch_sharded(valid.astype(np.float32)))
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.config.checkpoint.keep, create=True,
+                                               enable_async_checkpointing=False)
+        return ocp.CheckpointManager(self.run_dir.resolve() / "checkpoints", options=options,
+                                     item_names=("state", "meta"))
+
+    def _latest_text(self) -> str:
+        latest = self.manager.latest_step()
+        if latest is None:
+            return "no checkpoint was written yet"
+        return f"the latest checkpoint, after batch {latest - 1}, is intact in {self.run_dir / 'checkpoints'}"
+
+    def save(self, step: int, state: dict, meta: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)))
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, target: dict) -> tuple[dict, dict]:
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                      meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    # ---- the run ------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.manager = self._manager()
+        saved_config = self.run_dir / "config.yaml"
+        state = self.fresh_state()
+        latest = self.manager.latest_step()
+        if latest is not None:
+            if saved_config.exists():
+                before = config_lib.load(TrainConfig, saved_config)
+                changed = [k for k in config_lib.differences(before, cfg) if k not in RESUMABLE_CHANGES]
+                if changed:
+                    raise ValueError(f"{self.run_dir} holds a run with another config ({', '.join(changed)} differ from "
+                                     f"{saved_config}); resume it with the same config, or choose another run_dir")
+            state, meta = self.restore(latest, state)
+            pool_lib.load_pool_state(self.pool, meta["pool"])
+            if meta["step"] >= cfg.total_batches:
+                self.log(f"{self.run_dir}: the run is finished ({meta['step']} batches); its summary:")
+                summary = json.loads((self.run_dir / "summary.json").read_text()) if (
+                    self.run_dir / "summary.json").exists() else self.finish(meta)
+                self.log(report.format_summary(summary))
+                return summary
+            self.log(f"{self.run_dir}: resuming from the checkpoint after batch {meta['step'] - 1} "
+                     f"(iteration {meta['step'] // cfg.train.batches_per_iteration}, "
+                     f"batch {meta['step'] % cfg.train.batches_per_iteration})")
+        else:
+            self.log(f"{self.run_dir}: a new run of {cfg.total_batches} batches ({cfg.train.iterations} iterations "
+                     f"x {cfg.train.batches_per_iteration}), router {cfg.router.name}, RMs {', '.join(self.rm_names)}")
+            meta = {"step": 0, "accuracy": {"before": self.evaluate(state), "iterations": []}, "finished": False}
+            self.log("accuracy before training: " + _accuracy_text(meta["accuracy"]["before"]))
+        config_lib.dump(cfg, saved_config)
+
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.total_batches, initial=meta["step"], unit="batch", desc="train")
+        with report.MetricsLog(self.run_dir, resume_step=meta["step"]) as metrics_log:
+            for step in range(meta["step"], cfg.total_batches):
+                state, row = self.train_batch(state, step)
+                metrics_log.write(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(rm=row["rm"], loss="-" if row["loss"] is None else f"{row['loss']:.3f}")
+                done = step + 1
+                end_of_iteration = done % cfg.train.batches_per_iteration == 0
+                if end_of_iteration:
+                    iteration = step // cfg.train.batches_per_iteration
+                    if cfg.eval.every_iteration or done == cfg.total_batches:
+                        accuracy = self.evaluate(state)
+                        meta["accuracy"]["iterations"].append({"iteration": iteration, **accuracy})
+                        self.log(f"accuracy after iteration {iteration}: " + _accuracy_text(accuracy))
+                    if cfg.train.reference == "previous":
+                        state = {**state, "reference": _copy(state["train"].params)}
+                if end_of_iteration or done % cfg.checkpoint.every == 0:
+                    meta = {**meta, "step": done, "pool": pool_lib.pool_state(self.pool),
+                            "finished": done == cfg.total_batches}
+                    self.save(done, state, meta)
+        if bar is not None:
+            bar.close()
+        self.state = state
+        summary = self.finish(meta)
+        self.log(report.format_summary(summary))
+        return summary
+
+    def finish(self, meta: dict) -> dict:
+        rows = report.read_metrics(self.run_dir / "metrics.jsonl")
+        categories = list(self.config.data.categories)
+        after = meta["accuracy"]["iterations"][-1] if meta["accuracy"]["iterations"] else meta["accuracy"]["before"]
+        per_category = lambda accuracy: {c: accuracy[c] for c in categories}      # noqa: E731 ("all" is derived)
+        summary = report.summarize(rows, self.rm_names, categories, per_category(meta["accuracy"]["before"]),
+                                   per_category(after),
+                                   extra={"run_dir": str(self.run_dir), "router": self.config.router.name,
+                                          "accuracy_per_iteration": meta["accuracy"]["iterations"]})
+        report.write_summary(self.run_dir, summary)
+        report.plot_bandit_rewards(rows, self.rm_names, self.run_dir / "bandit_rewards.png")
+        report.plot_utilisation(rows, self.rm_names, categories, self.run_dir / "rm_utilisation.png")
+        return summary
+
+
+# keys that may change between the runs of one run_dir (how far to train, how to log)
+RESUMABLE_CHANGES = ("train.iterations", "checkpoint.every", "checkpoint.keep")
+
+
+def _copy(tree):
+    """A copy with its own buffers: the step donates the trained params' buffers."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _accuracy_text(accuracy: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items() if k != "iteration")
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False) -> dict:
+    return Trainer(config, log, progress).run()
+
+
+def load_config(path=None, overrides=()) -> TrainConfig:
+    return config_lib.load(TrainConfig, path, overrides)
