@@ -263,20 +263,29 @@ class Trainer:
         return reward, self._observe(router_state, assignment, signal)
 
     def _pair_batch(self, enc, tokens, token_mask, pairs) -> step_lib.PairBatch:
-        """Pair slots -> the step's input: the prompt of each slot, its chosen and rejected
-        samples (cut to the longest real response, bucketed to limit compiles)."""
-        n = self.config.sampling.num_samples
-        prompt, valid = np.asarray(pairs.prompt), np.asarray(pairs.valid)
-        chosen, rejected = prompt * n + np.asarray(pairs.chosen), prompt * n + np.asarray(pairs.rejected)
+        """Pairs -> the step's input, grouped by prompt: each prompt's responses (all n
+        samples when n <= 2P, else the 2P its pairs use) cut to the longest real response
+        (bucketed, to limit compiles), and its P pair slots as indices into them."""
+        cfg = self.config.sampling
+        n, per_prompt = cfg.num_samples, cfg.pairs_per_prompt
+        prompts = len(enc["input_ids"])
+        chosen = np.asarray(pairs.chosen).reshape(prompts, per_prompt)
+        rejected = np.asarray(pairs.rejected).reshape(prompts, per_prompt)
+        valid = np.asarray(pairs.valid).reshape(prompts, per_prompt)
+        if n <= 2 * per_prompt:
+            samples = np.broadcast_to(np.arange(n), (prompts, n))             # [B, k]: every sample
+        else:
+            samples = np.stack([chosen, rejected], -1).reshape(prompts, 2 * per_prompt)
+            chosen, rejected = np.broadcast_to(np.arange(0, 2 * per_prompt, 2), chosen.shape), \
+                np.broadcast_to(np.arange(1, 2 * per_prompt, 2), chosen.shape)
+        rows = (np.arange(prompts)[:, None] * n + samples).T                   # [k, B] sample rows
         width = bucket(max(int(token_mask.sum(1).max()), 1), 16, token_mask.shape[1])
-        response_ids = np.stack([tokens[chosen], tokens[rejected]])[..., :width]
-        response_mask = np.stack([token_mask[chosen], token_mask[rejected]])[..., :width] * valid[None, :, None]
+        put = self._batch_sharded
         return step_lib.PairBatch(
-            self._batch_sharded(enc["input_ids"][prompt]), self._batch_sharded(enc["attention_mask"][prompt]),
-            self._batch_sharded(response_ids.astype(np.int32), 1),
-            self._batch_sharded(response_mask.astype(np.int32), 1),
-            self._batch_sharded(np.zeros((2, len(prompt)), np.float32), 1),
-            self._batch_sharded(valid.astype(np.float32)))
+            put(enc["input_ids"]), put(enc["attention_mask"]),
+            put(tokens[rows][..., :width].astype(np.int32), 1), put(token_mask[rows][..., :width].astype(np.int32), 1),
+            put(np.ascontiguousarray(chosen, np.int32)), put(np.ascontiguousarray(rejected, np.int32)),
+            put(valid.astype(np.float32)), put(np.zeros(rows.shape, np.float32), 1))
 
     # ---- checkpoints --------------------------------------------------------------------
     def _manager(self) -> ocp.CheckpointManager:

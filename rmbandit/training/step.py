@@ -1,14 +1,15 @@
-"""The jitted preference-optimisation step: ``train_step(state, batch) -> (state, metrics)``.
+"""The jitted preference-optimisation step: ``train_step(state, base, batch) -> (state, metrics)``.
 
 The policy is ``base`` (frozen) + ``state.params``: LoRA adapters (``models.lora``) or,
 with full fine-tuning, the whole params pytree (``base`` is then unused).  Gradients are
 taken with respect to ``state.params`` alone, so the frozen matrices get no weight
-gradient.  Each pair's prompt runs once for its chosen and rejected responses
-(``shared_prompt_logprobs``); the reference log-probs come in the batch, computed once per
-batch outside the gradient (``reference_logprobs``).  A batch of N pair slots splits into
+gradient.  A batch is grouped by prompt: each prompt runs once for all the responses its
+pairs use (``shared_prompt_logprobs``), and each pair indexes two of them, so a response
+in several pairs is computed once.  The reference log-probs come in the batch, computed
+once per batch outside the gradient (``reference_logprobs``).  The prompts split into
 ``micro_batches`` equal parts whose gradients are summed in a ``lax.scan`` (gradient
-accumulation); padded slots (``valid = 0``) weigh nothing, and the loss is the mean over
-the batch's valid pairs, whatever the split.
+accumulation); invalid pair slots (``valid = 0``) weigh nothing, and the loss is the mean
+over the batch's valid pairs, whatever the split.
 """
 from __future__ import annotations
 
@@ -53,13 +54,16 @@ class StepConfig:
 
 
 class PairBatch(NamedTuple):
-    """N pair slots (static N; ``valid`` marks the real pairs)."""
-    prompt_ids: Array       # [N, P] int32, left-padded chat prompts
-    prompt_mask: Array      # [N, P]
-    response_ids: Array     # [2, N, R] int32: chosen, rejected (right-padded)
-    response_mask: Array    # [2, N, R]
-    reference: Array        # [2, N] float32: log pi_ref(y | x) of chosen, rejected
-    valid: Array            # [N] float32: 1 for a real pair
+    """B prompts, k responses each, and P pair slots per prompt that index the responses
+    (static shapes; ``valid`` marks the real pairs)."""
+    prompt_ids: Array       # [B, L] int32, left-padded chat prompts
+    prompt_mask: Array      # [B, L]
+    response_ids: Array     # [k, B, R] int32, right-padded
+    response_mask: Array    # [k, B, R]
+    chosen: Array           # [B, P] int32: index (0..k-1) of each pair's chosen response
+    rejected: Array         # [B, P] int32: index of its rejected response
+    valid: Array            # [B, P] float32: 1 for a real pair
+    reference: Array        # [k, B] float32: log pi_ref(y | x) of each response
 
 
 class TrainState(NamedTuple):
@@ -87,23 +91,30 @@ def policy_params(base_params, trained, config: StepConfig):
     return trained if config.full_finetune else lora_lib.merge_lora(base_params, trained, config.lora)
 
 
-def pair_logprobs(model, params, batch: PairBatch):
-    """log pi(y | x) of chosen and rejected [2, N] and their lengths [2, N]."""
+def response_logprobs(model, params, batch: PairBatch):
+    """log pi(y | x) and lengths of every response [k, B]."""
     out = shared_prompt_logprobs(model, params, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                                  batch.response_mask)
-    n = batch.prompt_ids.shape[0]
-    return out.total.reshape(2, n), out.length.reshape(2, n)
+    shape = batch.response_ids.shape[:2]
+    return out.total.reshape(shape), out.length.reshape(shape)
 
 
 def reference_logprobs(model, base_params, reference, batch: PairBatch, config: StepConfig) -> Array:
-    """log pi_ref(y | x) [2, N], no gradient: ``reference`` is the reference policy's trained
+    """log pi_ref(y | x) [k, B], no gradient: ``reference`` is the reference policy's trained
     pytree (LoRA adapters, or full params)."""
-    total, _ = pair_logprobs(model, policy_params(base_params, reference, config), batch)
+    total, _ = response_logprobs(model, policy_params(base_params, reference, config), batch)
     return jax.lax.stop_gradient(total)
 
 
+def pick_pairs(per_response: Array, batch: PairBatch) -> Array:
+    """[k, B] per-response values -> [2, B, P]: those of each pair's chosen and rejected."""
+    rows = per_response.T                                                # [B, k]
+    return jnp.stack([jnp.take_along_axis(rows, batch.chosen, axis=1),
+                      jnp.take_along_axis(rows, batch.rejected, axis=1)])
+
+
 def pair_losses(policy: Array, lengths: Array, reference: Array, config: StepConfig) -> Array:
-    """Per-pair loss [N] from log-probs [2, N] (chosen, rejected)."""
+    """Per-pair loss [...] from log-probs [2, ...] (chosen, rejected)."""
     if config.loss == "ipo":
         return ipo_loss(policy[0], policy[1], reference[0], reference[1], config.beta)
     nll = -policy[0] / jnp.maximum(lengths[0], 1.0) if config.loss == "dpo_nll" else None
@@ -111,31 +122,36 @@ def pair_losses(policy: Array, lengths: Array, reference: Array, config: StepCon
 
 
 def _split(batch: PairBatch, parts: int) -> PairBatch:
-    """[.., N, ..] -> [parts, .., N / parts, ..] along each field's pair axis."""
+    """Prompts split into ``parts`` equal micro-batches, stacked on a new leading axis."""
     def split(x, axis):
         n = x.shape[axis]
         if n % parts:
-            raise ValueError(f"{n} pair slots do not split into step.micro_batches={parts} equal parts; "
-                             "make prompts_per_batch * pairs_per_prompt a multiple of micro_batches")
+            raise ValueError(f"{n} prompts do not split into step.micro_batches={parts} equal parts; make "
+                             "train.prompts_per_batch a multiple of step.micro_batches")
         x = x.reshape(x.shape[:axis] + (parts, n // parts) + x.shape[axis + 1:])
         return jnp.moveaxis(x, axis, 0)
-    return PairBatch(split(batch.prompt_ids, 0), split(batch.prompt_mask, 0), split(batch.response_ids, 1),
-                     split(batch.response_mask, 1), split(batch.reference, 1), split(batch.valid, 0))
+    return PairBatch(*(split(x, PROMPT_AXIS[f]) for f, x in zip(PairBatch._fields, batch)))
+
+
+# the prompt axis of each PairBatch field (responses and their reference log-probs are k-major)
+PROMPT_AXIS = {f: 1 if f in ("response_ids", "response_mask", "reference") else 0 for f in PairBatch._fields}
 
 
 def make_train_step(model, config: StepConfig):
     """``train_step(state, base_params, batch) -> (state, metrics)``, not yet jitted (the
     caller jits it with its shardings and donation; see ``jit_train_step``).
 
-    metrics: ``loss`` (mean over valid pairs), ``losses`` [N] per pair (0 on padding),
-    ``margin`` [N] (the log-ratio margin h), ``reward_accuracy`` (share of valid pairs with
-    h > 0), ``grad_norm`` (before clipping), ``pairs``."""
+    metrics: ``loss`` (mean over valid pairs), ``losses`` [B * P] per pair slot, prompt-major
+    as ``sample_pairs`` lays them out (0 on invalid slots), ``margin`` [B * P] (the
+    log-ratio margin h), ``reward_accuracy`` (share of valid pairs with h > 0),
+    ``grad_norm`` (before clipping), ``pairs``."""
     optimizer = make_optimizer(config)
 
     def micro_loss(trained, base_params, micro: PairBatch, count):
-        policy, lengths = pair_logprobs(model, policy_params(base_params, trained, config), micro)
-        losses = pair_losses(policy, lengths, micro.reference, config) * micro.valid
-        margin = log_ratio_margin(policy[0], policy[1], micro.reference[0], micro.reference[1]) * micro.valid
+        policy, lengths = response_logprobs(model, policy_params(base_params, trained, config), micro)
+        policy, lengths, reference = (pick_pairs(x, micro) for x in (policy, lengths, micro.reference))
+        losses = pair_losses(policy, lengths, reference, config) * micro.valid
+        margin = log_ratio_margin(policy[0], policy[1], reference[0], reference[1]) * micro.valid
         return jnp.sum(losses) / count, (losses, margin)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -152,9 +168,10 @@ def make_train_step(model, config: StepConfig):
         grads, (loss_parts, (losses, margins)) = jax.lax.scan(accumulate, zeros, micro)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        valid = batch.valid
-        metrics = {"loss": jnp.sum(loss_parts), "losses": losses.reshape(-1), "margin": margins.reshape(-1),
-                   "reward_accuracy": jnp.sum((margins.reshape(-1) > 0) * valid) / count,
+        valid = batch.valid.reshape(-1)
+        margins = margins.reshape(-1)
+        metrics = {"loss": jnp.sum(loss_parts), "losses": losses.reshape(-1), "margin": margins,
+                   "reward_accuracy": jnp.sum((margins > 0) * valid) / count,
                    "grad_norm": optax.tree.norm(grads), "pairs": jnp.sum(valid)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
