@@ -135,3 +135,17 @@ def test_inverse_cdf_draw_on_a_block_edge_goes_to_the_next_entry():
     weights = jnp.ones((4, 1024), jnp.float32)
     u = jnp.asarray([0.0, 0.25, 0.5, 0.75], jnp.float32)
     np.testing.assert_array_equal(inverse_cdf(weights, u, block=256), [0, 256, 512, 768])
+
+
+def test_prompt_hidden_is_the_last_token_embedding(tiny_checkpoint):
+    """The prefill's final hidden state at each prompt's last position is LASeR's context:
+    the same as ``prompt_embeddings(..., "last")``, without a second forward."""
+    from rmbandit.models import prompt_embeddings
+    _, path = tiny_checkpoint("qwen2_qkv_bias")
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=5, t=8)
+    out = generate(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(2), max_new_tokens=3,
+                   num_samples=2, temperature=0.7)
+    want = prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "last")
+    assert out.prompt_hidden.shape == (ids.shape[0], model.config.hidden_size)
+    np.testing.assert_allclose(out.prompt_hidden, want, rtol=1e-5, atol=1e-5)

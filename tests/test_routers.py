@@ -165,10 +165,12 @@ def test_per_batch_losses_reach_the_bandit_as_rescaled_negative_loss():
         state, a = assign(state, _contexts(t), jax.random.key(t))
         losses = rng.gamma(2.0, 0.3, size=8).astype(np.float32)   # the batch's pair losses
         before, _ = _score(state)
+        shaped = router.reward(state, a, losses)       # what observe will hand the bandit, not learnt
         state = observe(state, a, losses)
         after, _ = _score(state)
         raw = -np.float32(losses.mean())
         want = _graves(np.asarray(history), np.array([raw]))[0]
+        np.testing.assert_allclose(shaped, [want], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose((after - before)[int(a.arms[0])], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.delete(after - before, int(a.arms[0])), 0.0)
         history.append(raw)
@@ -184,8 +186,10 @@ def test_per_item_losses_with_baseline_are_centred_then_rescaled():
         state, a = assign(state, _contexts(t, rows=16), jax.random.key(t))
         losses = rng.gamma(2.0, 0.3, size=16).astype(np.float32)
         before, _ = _score(state)
+        shaped = router.reward(state, a, losses)
         state = observe(state, a, losses)
         raw = losses.mean() - losses
+        np.testing.assert_allclose(shaped, _graves(history, raw), rtol=1e-5, atol=1e-5)
         want = np.bincount(np.asarray(a.arms), weights=_graves(history, raw), minlength=K)
         np.testing.assert_allclose(_score(state)[0] - before, want, rtol=1e-5, atol=1e-5)
         history = np.concatenate([history, raw])
@@ -195,6 +199,8 @@ def test_reward_feedback_without_rescaling_is_used_as_is():
     router = routers.uniform_random("batch", feedback="reward", rescale=None)
     state = router.init(jax.random.key(0), K, D)
     state, a = router.assign(state, _contexts(0), jax.random.key(0))
+    np.testing.assert_allclose(router.reward(state, a, np.array([3.0, 5.0], np.float32)), [4.0])
+    assert routers.single_rm(0).reward is None and routers.majority_vote().reward is None   # they learn nothing
     score, _ = _score(router.observe(state, a, np.array([3.0, 5.0], np.float32)))
     assert score[int(a.arms[0])] == 4.0
 
