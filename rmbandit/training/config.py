@@ -56,8 +56,8 @@ class RouterConfig:
     history: int = 4096                    # rewards kept for the quantile rescaling
     # the loss the router observes for a batch whose scores gave no pair (every sample tied):
     # None = it observes nothing (the batch is skipped).  A router that never hears about
-    # such batches keeps choosing an RM that cannot tell the samples apart; ln 2 (the DPO loss
-    # of a pair the policy learns nothing from) lets it learn that it taught nothing.
+    # such batches can keep choosing an RM that cannot tell the samples apart; a loss above
+    # any real batch's (e.g. 2.0; DPO starts at ln 2) gives them the lowest rescaled reward.
     empty_batch_loss: float | None = None
 
 

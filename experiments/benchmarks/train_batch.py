@@ -1,0 +1,94 @@
+"""One training batch end to end, rmbandit's loop vs TRL's online DPO, side by side in one
+run on this CPU: the same policy (SmolLM2-135M-Instruct GGUF, float32), LoRA q/v r16,
+4 prompts x 4 samples, 48 new tokens at T = 0.8, 8 pairs (2 per prompt), beta 0.1.
+
+rmbandit's batch: sample (and the prompts' contexts from the same prefill), LASeR routing
+over three rule-based RMs, scoring, pairs, reference log-probs, the DPO step, the router's
+update.  TRL's: ``experiments/benchmarks/trl_online_dpo.py`` (its docstring says what it
+runs and how it is timed) in its own venv, run as a subprocess before and after ours, so
+that load on the shared cores hits both.
+
+    PYTHONPATH=. python experiments/benchmarks/train_batch.py [--bench-python /work/bench-venv/bin/python]
+
+Compiles are kept out: the first batches of each distinct (prompt width, response width)
+compile; the median is over the batches after ``--warmup``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RESULTS = pathlib.Path(__file__).parent / "results" / "train_batch.json"
+POOL = ("pool=[{name: correctness, kind: verifier, verifier: correctness, noise: 1.0, seed: 0}, "
+        "{name: numbers, kind: verifier, verifier: numeric}, {name: formats, kind: verifier, verifier: format}]")
+PHASES = ("time_sample", "time_router", "time_score", "time_step", "time_batch")
+
+
+def rmbandit_batches(warmup: int, batches: int) -> dict:
+    from rmbandit import config as config_lib
+    from rmbandit.training import loop
+    from rmbandit.training.config import TrainConfig
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = config_lib.load(TrainConfig, None, [
+            f"run_dir={run_dir}", POOL, "router.empty_batch_loss=0.6931", "train.prompts_per_batch=4",
+            "sampling.num_samples=4", "sampling.max_new_tokens=48", "sampling.pairs_per_prompt=2",
+            "step.learning_rate=5e-6", "data.batching=shuffled", f"train.batches_per_iteration={warmup + batches}"])
+        trainer = loop.Trainer(config, log=lambda m: None)
+        state, rows = trainer.fresh_state(), []
+        for step in range(warmup + batches):
+            state, row = trainer.train_batch(state, step)
+            rows.append(row)
+            print(f"rmbandit batch {step}: " + " ".join(f"{p[5:]} {row[p]:.2f}" for p in PHASES), flush=True)
+    timed = rows[warmup:]
+    return {"median_seconds": {p[5:]: statistics.median(r[p] for r in timed) for p in PHASES},
+            "fastest_batch": {p[5:]: v for p, v in min(timed, key=lambda r: r["time_batch"]).items() if p in PHASES},
+            "router_share": statistics.median(r["time_router"] / r["time_batch"] for r in timed),
+            "pairs": [r["pairs"] for r in timed], "rms": [r["rm"] for r in timed]}
+
+
+def trl_batches(python: str, warmup: int, batches: int) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        path = pathlib.Path(out) / "trl.json"
+        subprocess.run([python, str(pathlib.Path(__file__).parent / "trl_online_dpo.py"), "--warmup", str(warmup),
+                        "--batches", str(batches), "--out", str(path)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[2])})
+        return json.loads(path.read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bench-python", default="/work/bench-venv/bin/python",
+                        help="a Python with torch, trl and peft (see trl_online_dpo.py)")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=5)
+    args = parser.parse_args()
+    start = time.time()
+    trl_first = trl_batches(args.bench_python, 1, 3)
+    ours = rmbandit_batches(args.warmup, args.batches)
+    trl_second = trl_batches(args.bench_python, 1, 3)
+    trl_total = statistics.median([trl_first["median_seconds"]["total"], trl_second["median_seconds"]["total"]])
+    trl_fastest = min(trl_first["fastest_batch"]["total"], trl_second["fastest_batch"]["total"])
+    result = {
+        "host": platform.processor() or platform.machine(), "cores": os.cpu_count(), "wall_s": time.time() - start,
+        "rmbandit": ours, "trl_runs": [trl_first["median_seconds"], trl_second["median_seconds"]],
+        "trl_median_total_s": trl_total, "trl_fastest_total_s": trl_fastest,
+        "speedup_median": trl_total / ours["median_seconds"]["batch"],
+        "speedup_fastest": trl_fastest / ours["fastest_batch"]["batch"],
+        "load_average_after": os.getloadavg(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("trl_runs",)}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
