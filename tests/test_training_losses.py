@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmbandit.training import dpo_loss
+from rmbandit.training import dpo_loss, ipo_loss
 
 
 def test_dpo_loss_matches_the_formula():
@@ -19,6 +19,18 @@ def test_dpo_loss_matches_the_formula():
     assert np.isfinite(np.asarray(dpo_loss(jnp.array([1e4]), jnp.array([-1e4]), 0.0, 0.0, 1.0))).all()
     g = jax.grad(lambda c, r: dpo_loss(c, r, 0.0, 0.0, 0.5).sum(), argnums=(0, 1))(jnp.array([0.2]), jnp.array([0.1]))
     assert float(g[0][0]) < 0 < float(g[1][0])
+
+
+def test_ipo_loss_matches_the_formula_summed_and_per_token():
+    rng = np.random.default_rng(1)
+    pc, pr, rc, rr = (rng.normal(size=6) * 10 for _ in range(4))
+    lc, lr = rng.integers(1, 40, 6).astype(float), rng.integers(1, 40, 6).astype(float)
+    beta = 0.2
+    np.testing.assert_allclose(ipo_loss(pc, pr, rc, rr, beta), ((pc - rc) - (pr - rr) - 2.5) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(ipo_loss(pc, pr, rc, rr, beta, lc, lr), ((pc - rc) / lc - (pr - rr) / lr - 2.5) ** 2,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="IPO needs beta > 0"):
+        ipo_loss(pc, pr, rc, rr, 0.0)
 
 
 @pytest.mark.parametrize("query_block", [64, 2])

@@ -77,12 +77,13 @@ def test_step_loss_matches_numpy_on_full_sequences(model_and_params, loss):
     (pc, pr), (rc, rr) = by_pair(logp, batch), by_pair(batch.reference, batch)
     valid = np.asarray(batch.valid)
     h = (pc - rc) - (pr - rr)
-    if loss == "ipo":
-        per_pair = (h - 1 / (2 * 0.5)) ** 2
+    lengths = np.asarray(batch.response_mask).sum(-1)                  # [k, B]
+    if loss == "ipo":        # log-ratios averaged per token (TRL's and the IPO authors' form)
+        lc, lr = by_pair(lengths, batch)
+        per_pair = ((pc - rc) / lc - (pr - rr) / lr - 1 / (2 * 0.5)) ** 2
     else:
         per_pair = np.log1p(np.exp(-0.5 * h.astype(np.float64)))
         if loss == "dpo_nll":
-            lengths = np.asarray(batch.response_mask).sum(-1)
             per_pair = per_pair - pc / by_pair(lengths, batch)[0]
     want = np.sum(per_pair * valid) / valid.sum()
     _, metrics = jax.jit(step_lib.make_train_step(model, config))(state, params, batch)

@@ -116,7 +116,7 @@ def pick_pairs(per_response: Array, batch: PairBatch) -> Array:
 def pair_losses(policy: Array, lengths: Array, reference: Array, config: StepConfig) -> Array:
     """Per-pair loss [...] from log-probs [2, ...] (chosen, rejected)."""
     if config.loss == "ipo":
-        return ipo_loss(policy[0], policy[1], reference[0], reference[1], config.beta)
+        return ipo_loss(policy[0], policy[1], reference[0], reference[1], config.beta, lengths[0], lengths[1])
     nll = -policy[0] / jnp.maximum(lengths[0], 1.0) if config.loss == "dpo_nll" else None
     return dpo_loss(policy[0], policy[1], reference[0], reference[1], config.beta, nll)
 
