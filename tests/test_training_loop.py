@@ -31,6 +31,7 @@ from tests.torch_oracle import save_tiny  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POOL = [{"name": "numbers", "kind": "verifier", "verifier": "numeric"},
         {"name": "noisy", "kind": "verifier", "verifier": "correctness", "noise": 1.0, "seed": 0}]
+MESH = {"data": 2, "fsdp": 2, "devices": 4}          # 4 of conftest's 8 fake devices
 ROW_FIELDS = ("iteration", "batch", "rm", "loss", "bandit_reward", "pairs", "time_sample", "time_score",
               "time_step", "time_router")
 
@@ -63,18 +64,21 @@ def policy_dir(tmp_path_factory, smol_tokenizer):
 
 
 def write_config(directory: pathlib.Path, policy_dir, name="config.yaml", **sections) -> pathlib.Path:
-    """A small run's YAML (2 iterations x 2 batches of 2 prompts, 3 samples of 8 tokens,
-    LASeR learning from empty batches too) with ``sections`` merged over it."""
+    """A small run's YAML (2 iterations x 2 batches of 4 prompts, 3 samples of 8 tokens, LASeR
+    hearing of empty batches too, a (data=2, fsdp=2) mesh) with ``sections`` merged over it."""
     config = {"run_dir": str(directory / "run"), "seed": 0,
               "policy": {"path": str(policy_dir), "max_prompt_tokens": 64},
               "data": {"train_per_category": 4},
-              "train": {"iterations": 2, "batches_per_iteration": 2, "prompts_per_batch": 2},
+              "train": {"iterations": 2, "batches_per_iteration": 2, "prompts_per_batch": 4},
               "sampling": {"num_samples": 3, "max_new_tokens": 8},
               "step": {"learning_rate": 1e-2},
-              "router": {"name": "laser", "empty_batch_loss": 0.6931},
+              # above ln 2, the loss of every iteration's first batch (pi = pi_ref): a batch
+              # without a pair is worse for the router than one that trains
+              "router": {"name": "laser", "empty_batch_loss": 0.75},
               "eval": {"per_category": 2, "max_new_tokens": 8},
               "checkpoint": {"every": 1, "keep": 10},
-              "pool": POOL}
+              "pool": POOL,
+              "mesh": MESH}
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     path = directory / name
@@ -266,10 +270,16 @@ def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, ove
     assert not (tmp_path / "run").exists()               # nothing started
 
 
-def test_resuming_with_another_config_names_the_key(finished_run, capsys):
-    path, _ = finished_run
-    with pytest.raises(ValueError, match=r"step\.beta"):
-        quiet_trainer(load(path, "step.beta=0.2", "train.iterations=3")).run()
+def test_resuming_with_another_config_exits_2_naming_the_key_and_keeps_the_run(finished_run, capsys):
+    path, config = finished_run
+    metrics = pathlib.Path(config.run_dir) / "metrics.jsonl"
+    before = metrics.read_bytes()
+    assert cli.main(["train", "--config", str(path), "--quiet", "step.beta=0.2", "train.iterations=3"]) == 2
+    err = capsys.readouterr().err
+    assert "step.beta differ" in err and "train.iterations" not in err, err     # iterations may grow
+    assert metrics.read_bytes() == before
+    with pytest.raises(ValueError, match=r"\(step\.beta differ"):           # Trainer.run checks it too
+        quiet_trainer(load(path, "step.beta=0.2")).run()
 
 
 # --- 6. the shipped configs ------------------------------------------------------------------
@@ -281,16 +291,16 @@ def test_every_shipped_config_loads_and_passes_check(path):
 
 # --- 7. a (data, fsdp) mesh ------------------------------------------------------------------
 
-def test_a_data_fsdp_mesh_trains_like_one_device(tmp_path, policy_dir):
-    rows = {}
-    for name, mesh in (("one", {"devices": 1}), ("mesh", {"data": 2, "fsdp": 2, "devices": 4})):
-        (tmp_path / name).mkdir()
-        path = write_config(tmp_path / name, policy_dir, train={"iterations": 1, "prompts_per_batch": 4}, mesh=mesh,
-                            eval={"per_category": 1})
-        quiet_trainer(load(path)).run()
-        rows[name] = report.read_metrics(tmp_path / name / "run" / "metrics.jsonl")
-    assert [r["rm"] for r in rows["mesh"]] == [r["rm"] for r in rows["one"]]
-    assert [r["pairs"] for r in rows["mesh"]] == [r["pairs"] for r in rows["one"]]
-    losses = [[math.nan if r["loss"] is None else r["loss"] for r in rows[name]] for name in ("mesh", "one")]
-    assert not all(math.isnan(x) for x in losses[1]), "no batch trained: the comparison would be empty"
-    np.testing.assert_allclose(*losses, rtol=1e-4)
+def test_a_data_fsdp_mesh_trains_like_one_device(tmp_path, policy_dir, finished_run):
+    _, on_mesh = finished_run
+    path = write_config(tmp_path, policy_dir, mesh={"data": 1, "fsdp": 1, "devices": 1})
+    quiet_trainer(load(path)).run()
+    rows = {"one": report.read_metrics(tmp_path / "run" / "metrics.jsonl"),
+            "mesh": report.read_metrics(pathlib.Path(on_mesh.run_dir) / "metrics.jsonl")}
+    for key in ("rm", "pairs", "skipped"):
+        assert [r[key] for r in rows["mesh"]] == [r[key] for r in rows["one"]], key
+    trained = [i for i, r in enumerate(rows["one"]) if not r["skipped"]]
+    assert len(trained) >= 2, f"too few batches trained for a comparison: {rows['one']}"
+    for key in ("loss", "grad_norm", "bandit_reward"):
+        np.testing.assert_allclose([rows["mesh"][i][key] for i in trained], [rows["one"][i][key] for i in trained],
+                                   rtol=1e-4, err_msg=key)
