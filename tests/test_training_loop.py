@@ -261,6 +261,9 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, 
     ("train.iterations=two", ["train.iterations", "'two'"]),
     ("router.name=lazer", ["router.name", "laser", "single_rm"]),
     ("sampling.pairs_per_prompt=9", ["sampling.pairs_per_prompt", "sampling.num_samples"]),
+    ("step.beta=.inf", ["step.beta", "finite", "inf"]),
+    ("step.learning_rate=-1e-3", ["step.learning_rate", ">= 0", "-0.001"]),
+    ("sampling.top_p=0", ["sampling.top_p", "(0, 1]"]),
 ])
 def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):
     path = write_config(tmp_path, policy_dir)
