@@ -34,8 +34,6 @@ POOL = [{"name": "numbers", "kind": "verifier", "verifier": "numeric"},
 MESH = {"data": 2, "fsdp": 2, "devices": 4}          # 4 of conftest's 8 fake devices
 ROW_FIELDS = ("iteration", "batch", "rm", "loss", "bandit_reward", "pairs", "time_sample", "time_score",
               "time_step", "time_router")
-
-
 CACHE_SETTINGS = {"jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": 0}
 
 
@@ -63,7 +61,7 @@ def policy_dir(tmp_path_factory, smol_tokenizer):
     return directory
 
 
-def write_config(directory: pathlib.Path, policy_dir, name="config.yaml", **sections) -> pathlib.Path:
+def write_config(directory: pathlib.Path, policy_dir, **sections) -> pathlib.Path:
     """A small run's YAML (2 iterations x 2 batches of 4 prompts, 3 samples of 8 tokens, LASeR
     hearing of empty batches too, a (data=2, fsdp=2) mesh) with ``sections`` merged over it."""
     config = {"run_dir": str(directory / "run"), "seed": 0,
@@ -81,7 +79,7 @@ def write_config(directory: pathlib.Path, policy_dir, name="config.yaml", **sect
               "mesh": MESH}
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
-    path = directory / name
+    path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
