@@ -118,6 +118,7 @@ def cmd_train(args) -> int:
     try:
         config = config_lib.load(train_config.TrainConfig, args.config, args.overrides)
         train_config.check(config)
+        loop.check_resumable(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"rmbandit train: error: {err}", file=sys.stderr)
         return 2

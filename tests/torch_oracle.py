@@ -35,16 +35,17 @@ def save_perturbed(model, directory, perturb):
     return model
 
 
-def save_tiny(directory, name, num_labels=None):
+def save_tiny(directory, name, num_labels=None, **overrides):
     """The tiny random transformers model of ``CASES[name]`` saved to ``directory``: a
-    causal LM, or with ``num_labels`` a *ForSequenceClassification; returns the model."""
+    causal LM, or with ``num_labels`` a *ForSequenceClassification; ``overrides`` change
+    the config (e.g. ``vocab_size`` of a real tokenizer); returns the model."""
     import torch
     import transformers
 
     cls, extra = CASES[name]
     torch.manual_seed(0)
     labels = {} if num_labels is None else {"num_labels": num_labels}
-    config = getattr(transformers, cls)(**{**TINY, **extra, **labels})
+    config = getattr(transformers, cls)(**{**TINY, **extra, **labels, **overrides})
     auto = transformers.AutoModelForCausalLM if num_labels is None else transformers.AutoModelForSequenceClassification
     model = auto.from_config(config).eval()
     return save_perturbed(model, directory, lambda n: n.endswith("norm.weight") or n.endswith(".bias"))

@@ -5,6 +5,7 @@ with LASeR on the bundled suite on a CPU."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from rmbandit.rewards.pool import DEFAULT_POOL
@@ -121,6 +122,11 @@ def check(config: TrainConfig) -> None:
                                            f"got {config.sampling.num_samples}")
     need(config.sampling.temperature > 0, "sampling.temperature must be > 0: greedy samples of a prompt are all the "
                                           f"same and give no pair, got {config.sampling.temperature}")
+    need(0 < config.sampling.top_p <= 1, f"sampling.top_p must be in (0, 1], got {config.sampling.top_p}")
+    # a non-finite beta or learning rate makes the first step's loss NaN: say so before anything loads
+    need(0 < config.step.beta < math.inf, f"step.beta must be a finite number > 0, got {config.step.beta}")
+    need(0 <= config.step.learning_rate < math.inf,
+         f"step.learning_rate must be a finite number >= 0, got {config.step.learning_rate}")
     candidates = config.sampling.num_samples * (config.sampling.num_samples - 1) // 2
     need(config.sampling.pairs_per_prompt <= candidates,
          f"sampling.pairs_per_prompt={config.sampling.pairs_per_prompt} but sampling.num_samples="

@@ -319,12 +319,7 @@ class Trainer:
         state = self.fresh_state()
         latest = self.manager.latest_step()
         if latest is not None:
-            if saved_config.exists():
-                before = config_lib.load(TrainConfig, saved_config)
-                changed = [k for k in config_lib.differences(before, cfg) if k not in RESUMABLE_CHANGES]
-                if changed:
-                    raise ValueError(f"{self.run_dir} holds a run with another config ({', '.join(changed)} differ from "
-                                     f"{saved_config}); resume it with the same config, or choose another run_dir")
+            check_resumable(cfg)
             state, meta = self.restore(latest, state)
             pool_lib.load_pool_state(self.pool, meta["pool"])
             if meta["step"] >= cfg.total_batches:
@@ -392,6 +387,20 @@ class Trainer:
 
 # keys that may change between the runs of one run_dir (how far to train, how to log)
 RESUMABLE_CHANGES = ("train.iterations", "checkpoint.every", "checkpoint.keep")
+
+
+def check_resumable(config: TrainConfig) -> None:
+    """Refuse a run_dir whose checkpoints come from another config (only RESUMABLE_CHANGES may
+    differ): cheap, so the CLI calls it before any model loads."""
+    run_dir = pathlib.Path(config.run_dir)
+    saved_config, checkpoints = run_dir / "config.yaml", run_dir / "checkpoints"
+    if not (saved_config.exists() and checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        return
+    changed = [k for k in config_lib.differences(config_lib.load(TrainConfig, saved_config), config)
+               if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with another config ({', '.join(changed)} differ from "
+                         f"{saved_config}); resume it with the same config, or choose another run_dir")
 
 
 def _copy(tree):
