@@ -277,9 +277,9 @@ def test_resuming_with_another_config_exits_2_naming_the_key_and_keeps_the_run(f
     before = metrics.read_bytes()
     assert cli.main(["train", "--config", str(path), "--quiet", "step.beta=0.2", "train.iterations=3"]) == 2
     err = capsys.readouterr().err
-    assert "step.beta differ" in err and "train.iterations" not in err, err     # iterations may grow
+    assert "step.beta differs" in err and "train.iterations" not in err, err     # iterations may grow
     assert metrics.read_bytes() == before
-    with pytest.raises(ValueError, match=r"\(step\.beta differ"):           # Trainer.run checks it too
+    with pytest.raises(ValueError, match=r"\(step\.beta differs"):           # Trainer.run checks it too
         quiet_trainer(load(path, "step.beta=0.2")).run()
 
 
@@ -302,6 +302,13 @@ def test_a_data_fsdp_mesh_trains_like_one_device(tmp_path, policy_dir, finished_
         assert [r[key] for r in rows["mesh"]] == [r[key] for r in rows["one"]], key
     trained = [i for i, r in enumerate(rows["one"]) if not r["skipped"]]
     assert len(trained) >= 2, f"too few batches trained for a comparison: {rows['one']}"
+    # the first trained batch starts from the same state on both: its loss and gradient agree
+    # to float32 rounding.  After that Adam amplifies the rounding: its first steps move each
+    # weight by about +-lr whatever the gradient's size, so a gradient entry near zero whose
+    # sign differs between layouts moves that weight 2 lr apart (lr is 1e-2 here)
+    first = trained[0]
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(rows["mesh"][first][key], rows["one"][first][key], rtol=1e-4, err_msg=key)
     for key in ("loss", "grad_norm", "bandit_reward"):
         np.testing.assert_allclose([rows["mesh"][i][key] for i in trained], [rows["one"][i][key] for i in trained],
-                                   rtol=1e-4, err_msg=key)
+                                   rtol=1e-2, err_msg=key)

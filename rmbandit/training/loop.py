@@ -133,7 +133,9 @@ class Trainer:
         self._sample = sample
         self._reference = jax.jit(lambda base, ref, batch: step_lib.reference_logprobs(model, base, ref, batch,
                                                                                        step_cfg))
-        self._step = step_lib.jit_train_step(model, step_cfg)
+        # LoRA state: replicated (small), kept so; full fine-tuning: as the params are sharded
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._step = step_lib.jit_train_step(model, step_cfg, None if step_cfg.full_finetune else replicated)
         self._assign = jax.jit(self.router.assign)
         self._observe = jax.jit(self.router.observe)
         self._reward = jax.jit(self.router.reward) if self.router.reward else None
@@ -399,8 +401,9 @@ def check_resumable(config: TrainConfig) -> None:
     changed = [k for k in config_lib.differences(config_lib.load(TrainConfig, saved_config), config)
                if k not in RESUMABLE_CHANGES]
     if changed:
-        raise ValueError(f"{run_dir} holds a run with another config ({', '.join(changed)} differ from "
-                         f"{saved_config}); resume it with the same config, or choose another run_dir")
+        raise ValueError(f"{run_dir} holds a run with another config ({', '.join(changed)} "
+                         f"{'differs' if len(changed) == 1 else 'differ'} from {saved_config}); resume it with "
+                         "the same config, or choose another run_dir")
 
 
 def _copy(tree):

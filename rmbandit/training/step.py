@@ -178,11 +178,11 @@ def make_train_step(model, config: StepConfig):
     return train_step
 
 
-def jit_train_step(model, config: StepConfig, state_sharding=None, base_sharding=None, batch_sharding=None):
-    """The step jitted with the state's buffers donated (it is replaced every step) and,
-    on a mesh, the shardings of the state, the frozen params and the batch."""
+def jit_train_step(model, config: StepConfig, state_sharding=None):
+    """The step jitted with the state's buffers donated (it is replaced every step).  On a
+    mesh, ``state_sharding`` (a sharding, or a pytree of them, for the TrainState) pins the
+    new state's layout to the old one's, so the next call does not compile again for a
+    layout XLA chose; the frozen params and the batch keep the shardings they come with."""
     step = make_train_step(model, config)
-    if state_sharding is None:
-        return jax.jit(step, donate_argnums=(0,))
-    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_sharding, base_sharding, batch_sharding),
-                   out_shardings=(state_sharding, None))
+    out_shardings = None if state_sharding is None else (state_sharding, None)
+    return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
