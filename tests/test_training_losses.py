@@ -1,10 +1,17 @@
-"""DPO loss against its formula and the shared-prompt log-probs against the plain forward."""
+"""DPO loss against its formula and TRL, and the shared-prompt log-probs against the plain forward."""
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmbandit.training import dpo_loss, ipo_loss
+from rmbandit.training import dpo_loss, ipo_loss, log_ratio_margin
+from rmbandit.training.step import StepConfig, pair_losses
+
+TRL_FIXTURE = json.loads((pathlib.Path(__file__).parent / "data" / "trl_dpo_losses.json").read_text())
+TRL_LOSS_NAMES = {("sigmoid",): "dpo", ("ipo",): "ipo", ("sigmoid", "sft"): "dpo_nll"}
 
 
 def test_dpo_loss_matches_the_formula():
@@ -31,6 +38,34 @@ def test_ipo_loss_matches_the_formula_summed_and_per_token():
                                rtol=1e-5)
     with pytest.raises(ValueError, match="IPO needs beta > 0"):
         ipo_loss(pc, pr, rc, rr, 0.0)
+
+
+@pytest.mark.parametrize("case", TRL_FIXTURE["cases"], ids=lambda c: f"{'+'.join(c['loss_type'])}-beta{c['beta']}")
+def test_losses_match_trl_on_the_same_logprobs(case):
+    """Our per-pair losses (as the step forms them: dpo, dpo_nll with NLL = -log pi(y_w) / |y_w|,
+    ipo with per-token log-ratios) against TRL's DPOTrainer on the same summed log-probs and
+    token counts (tests/data/trl_dpo_losses.json, written by experiments/reference/
+    trl_dpo_losses.py).  Each pair was its own TRL batch, so TRL's loss is that pair's; the
+    batch is TRL's mean over several pairs (for dpo_nll chosen responses of one length, as
+    TRL's "sft" term is a token mean over the batch's chosen tokens, not a mean of per-pair
+    NLLs)."""
+    config = StepConfig(loss=TRL_LOSS_NAMES[tuple(case["loss_type"])], beta=case["beta"])
+
+    def ours(c):
+        policy = jnp.asarray([c["policy_chosen"], c["policy_rejected"]])
+        reference = jnp.asarray([c["ref_chosen"], c["ref_rejected"]])
+        lengths = jnp.asarray([c["chosen_length"], c["rejected_length"]], jnp.float32)
+        return pair_losses(policy, lengths, reference, config)
+
+    pairs, batch = case["pairs"], case["batch"]
+    np.testing.assert_allclose(ours(pairs), pairs["trl_loss"], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(ours(batch).mean(), batch["trl_loss"], rtol=1e-5, atol=0)
+    # the fixture covers what could go wrong: unequal lengths, and margins where only the
+    # stable -log sigmoid stays finite and accurate
+    logprobs = (np.asarray(pairs[k]) for k in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected"))
+    margin = case["beta"] * np.asarray(log_ratio_margin(*logprobs))
+    assert margin.max() > 45 and margin.min() < -45
+    assert any(c != r for c, r in zip(pairs["chosen_length"], pairs["rejected_length"]))
 
 
 @pytest.mark.parametrize("query_block", [64, 2])
