@@ -34,7 +34,7 @@ adapter disabled), decoding, the reward function on 16 completions, the DPO loss
 grad-norm clipping, the AdamW step.
 
 How it is timed.  Wrappers with ``time.perf_counter`` around the trainer's own pieces:
-``_generate`` (chat-template tokenisation + ``model.generate`` + EOS truncation),
+``_generate`` (tokenising the rendered prompts + ``model.generate`` + EOS truncation),
 ``_forward`` (split into policy / reference by whether grad is enabled),
 ``_calculate_rewards_from_functions`` (the reward), ``accelerator.backward`` and
 ``training_step``; a ``TrainerCallback`` marks step begin, pre-/post-optimizer step and step
