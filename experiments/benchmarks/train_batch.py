@@ -27,8 +27,11 @@ import tempfile
 import time
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "train_batch.json"
-POOL = ("pool=[{name: correctness, kind: verifier, verifier: correctness, noise: 1.0, seed: 0}, "
-        "{name: numbers, kind: verifier, verifier: numeric}, {name: formats, kind: verifier, verifier: format}]")
+# three rule-based RMs that always give pairs (noisy correctness, three noise streams): every
+# batch trains, as every TRL batch does, and the router still chooses among three
+POOL = ("pool=[{name: noisy-a, kind: verifier, verifier: correctness, noise: 1.0, seed: 0}, "
+        "{name: noisy-b, kind: verifier, verifier: correctness, noise: 1.0, seed: 1}, "
+        "{name: noisy-c, kind: verifier, verifier: correctness, noise: 1.0, seed: 2}]")
 PHASES = ("time_sample", "time_router", "time_score", "time_step", "time_batch")
 
 
@@ -39,7 +42,7 @@ def rmbandit_batches(warmup: int, batches: int) -> dict:
 
     with tempfile.TemporaryDirectory() as run_dir:
         config = config_lib.load(TrainConfig, None, [
-            f"run_dir={run_dir}", POOL, "router.empty_batch_loss=0.6931", "train.prompts_per_batch=4",
+            f"run_dir={run_dir}", POOL, "train.prompts_per_batch=4",
             "sampling.num_samples=4", "sampling.max_new_tokens=48", "sampling.pairs_per_prompt=2",
             "step.learning_rate=5e-6", "data.batching=shuffled", f"train.batches_per_iteration={warmup + batches}"])
         trainer = loop.Trainer(config, log=lambda m: None)
@@ -48,7 +51,7 @@ def rmbandit_batches(warmup: int, batches: int) -> dict:
             state, row = trainer.train_batch(state, step)
             rows.append(row)
             print(f"rmbandit batch {step}: " + " ".join(f"{p[5:]} {row[p]:.2f}" for p in PHASES), flush=True)
-    timed = rows[warmup:]
+    timed = [r for r in rows[warmup:] if not r["skipped"]]
     return {"median_seconds": {p[5:]: statistics.median(r[p] for r in timed) for p in PHASES},
             "fastest_batch": {p[5:]: v for p, v in min(timed, key=lambda r: r["time_batch"]).items() if p in PHASES},
             "router_share": statistics.median(r["time_router"] / r["time_batch"] for r in timed),
@@ -69,7 +72,7 @@ def main():
     parser.add_argument("--bench-python", default="/work/bench-venv/bin/python",
                         help="a Python with torch, trl and peft (see trl_online_dpo.py)")
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=6)
     args = parser.parse_args()
     start = time.time()
     trl_first = trl_batches(args.bench_python, 1, 3)
