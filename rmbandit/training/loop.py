@@ -116,6 +116,7 @@ class Trainer:
     # ---- the jitted pieces --------------------------------------------------------------
     def _compile(self):
         model, cfg = self.model, self.config
+        self._everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())   # replicated
         step_cfg = cfg.step
 
         def merged(base, trained):
@@ -134,15 +135,14 @@ class Trainer:
         self._reference = jax.jit(lambda base, ref, batch: step_lib.reference_logprobs(model, base, ref, batch,
                                                                                        step_cfg))
         # LoRA state: replicated (small), kept so; full fine-tuning: as the params are sharded
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self._step = step_lib.jit_train_step(model, step_cfg, None if step_cfg.full_finetune else replicated)
+        self._step = step_lib.jit_train_step(model, step_cfg, None if step_cfg.full_finetune else self._everywhere)
         self._assign = jax.jit(self.router.assign)
         self._observe = jax.jit(self.router.observe)
         self._reward = jax.jit(self.router.reward) if self.router.reward else None
         self._pairs = jax.jit(sample_pairs, static_argnums=1)
 
     def _replicated(self, tree):
-        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+        return jax.device_put(tree, self._everywhere)
 
     def _batch_sharded(self, array: np.ndarray, axis: int = 0):
         spec = [None] * array.ndim
@@ -235,7 +235,7 @@ class Trainer:
             else:
                 # 4. step
                 clock = time.perf_counter()
-                batch = self._pair_batch(enc, tokens, token_mask, pairs)
+                batch = self._pair_batch(ids, mask, tokens, token_mask, pairs)
                 reference = self._reference(self.base, state["reference"], batch)
                 batch = batch._replace(reference=reference)
                 train, metrics = self._step(state["train"], self.base, batch)
@@ -264,13 +264,13 @@ class Trainer:
         reward = None if self._reward is None else float(self._reward(router_state, assignment, signal)[0])
         return reward, self._observe(router_state, assignment, signal)
 
-    def _pair_batch(self, enc, tokens, token_mask, pairs) -> step_lib.PairBatch:
+    def _pair_batch(self, ids, mask, tokens, token_mask, pairs) -> step_lib.PairBatch:
         """Pairs -> the step's input, grouped by prompt: each prompt's responses (all n
         samples when n <= 2P, else the 2P its pairs use) cut to the longest real response
         (bucketed, to limit compiles), and its P pair slots as indices into them."""
         cfg = self.config.sampling
         n, per_prompt = cfg.num_samples, cfg.pairs_per_prompt
-        prompts = len(enc["input_ids"])
+        prompts = ids.shape[0]
         chosen = np.asarray(pairs.chosen).reshape(prompts, per_prompt)
         rejected = np.asarray(pairs.rejected).reshape(prompts, per_prompt)
         valid = np.asarray(pairs.valid).reshape(prompts, per_prompt)
@@ -284,7 +284,7 @@ class Trainer:
         width = bucket(max(int(token_mask.sum(1).max()), 1), 16, token_mask.shape[1])
         put = self._batch_sharded
         return step_lib.PairBatch(
-            put(enc["input_ids"]), put(enc["attention_mask"]),
+            ids, mask,
             put(tokens[rows][..., :width].astype(np.int32), 1), put(token_mask[rows][..., :width].astype(np.int32), 1),
             put(np.ascontiguousarray(chosen, np.int32)), put(np.ascontiguousarray(rejected, np.int32)),
             put(valid.astype(np.float32)), put(np.zeros(rows.shape, np.float32), 1))
@@ -367,7 +367,7 @@ class Trainer:
                     self.save(done, state, meta)
         if bar is not None:
             bar.close()
-        self.state = state
+        self.state = state          # the trained state, for callers that inspect it after run()
         summary = self.finish(meta)
         self.log(report.format_summary(summary))
         return summary
@@ -417,7 +417,3 @@ def _accuracy_text(accuracy: dict) -> str:
 
 def train(config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False) -> dict:
     return Trainer(config, log, progress).run()
-
-
-def load_config(path=None, overrides=()) -> TrainConfig:
-    return config_lib.load(TrainConfig, path, overrides)
