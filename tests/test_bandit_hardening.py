@@ -277,3 +277,21 @@ def test_set_prior_on_a_bandit_without_linear_arms_names_what_it_needs():
     state = bandits.quantile_rescale(bandits.exp3()).init(jax.random.key(0), 3, 4)
     with pytest.raises(TypeError, match=r"holds no linear-Gaussian arms \(LinUCB / linear_thompson\)"):
         bandits.set_prior(state, cov=0.02)
+
+
+@pytest.mark.parametrize("name", ["linucb", "linear_thompson", "exp3", "neural_ucb"])
+def test_unobserved_rows_change_nothing_and_are_not_skipped(name):
+    """NO_ARM rows (a tied pair: no loss speaks for its RM) are silently left out, eager or jitted,
+    whatever their reward; the observed rows update exactly as they would alone."""
+    bandit = {"linucb": bandits.linucb(), "linear_thompson": bandits.linear_thompson(),
+              "exp3": bandits.exp3(), "neural_ucb": bandits.neural_ucb(hidden=(8,), buffer_size=8)}[name]
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (4, 5))
+    state = bandit.init(key, 3, 5)
+    alone = bandit.update(state, x[:2], jnp.array([0, 2]), jnp.array([1.0, 0.5]))
+    arms, rewards = jnp.array([0, 2, bandits.NO_ARM, bandits.NO_ARM]), jnp.array([1.0, 0.5, jnp.nan, 3.0])
+    for update in (bandit.update, jax.jit(bandit.update)):
+        mixed = update(state, x, arms, rewards)
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(mixed)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+        assert int(mixed.skipped) == 0

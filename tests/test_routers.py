@@ -334,3 +334,25 @@ def test_assignment_shapes_are_static():
             assert a.rms.shape == (rows,) and a.scores.shape == (rows, K), name
             assert a.rows.shape[0] == a.arms.shape[0] and a.rows.shape[0] in (0, 1, rows), name
 
+
+
+def test_a_new_rm_joins_mid_run_with_fresh_statistics_and_the_others_keep_theirs():
+    router = routers.laser(alpha=0.5)
+    key = jax.random.key(0)
+    contexts = jax.random.normal(key, (4, 6))
+    state = router.init(key, 2, 6)
+    for t in range(3):
+        state, assignment = router.assign(state, contexts + t, jax.random.key(t))
+        state = router.observe(state, assignment, 0.5 + 0.1 * t)
+    grown = router.grow(state, jax.random.key(9), 1, 6)
+    fresh = router.init(jax.random.key(9), 1, 6)
+    old_arms = bandits.base.arm_states(state.bandit)[-1].arms
+    new_arms = bandits.base.arm_states(grown.bandit)[-1].arms
+    for old, new, init in zip(jax.tree.leaves(old_arms), jax.tree.leaves(new_arms),
+                              jax.tree.leaves(bandits.base.arm_states(fresh.bandit)[-1].arms)):
+        np.testing.assert_array_equal(np.asarray(new)[:2], np.asarray(old))       # kept, bit for bit
+        np.testing.assert_array_equal(np.asarray(new)[2:], np.asarray(init))      # A = I, as a new run
+    np.testing.assert_array_equal(grown.counts, np.append(np.asarray(state.counts), 0))
+    state, assignment = router.assign(grown, contexts, key)
+    assert assignment.scores.shape == (4, 3)
+    assert routers.single_rm(0).grow is None                # fixed routers cannot take new RMs

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from rmbandit.training import ipo_loss, sample_pairs
+from rmbandit.training.pairs import candidate_pairs, labelled
 
 
 def _scores_with_ties_and_drops(rng, prompts, n):
@@ -78,3 +79,21 @@ def test_ipo_loss_matches_the_formula():
     assert float(grad(jnp.array([0.0]))[0]) < 0 < float(grad(jnp.array([10.0]))[0])
     with pytest.raises(ValueError, match="beta > 0"):
         ipo_loss(pc, pr, rc, rr, 0.0)
+
+
+def test_candidate_pairs_are_distinct_and_uniform_and_labels_order_them():
+    first, second = map(np.asarray, candidate_pairs(3000, 4, 2, jax.random.key(2)))
+    assert first.shape == (3000, 2) and (first < second).all()
+    assert (first[:, 0] * 4 + second[:, 0] != first[:, 1] * 4 + second[:, 1]).all()      # no pair twice
+    counts = [int(np.sum((first == i) & (second == j))) for i, j in itertools.combinations(range(4), 2)]
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+    prefer = np.array([[0.9, 0.5], [np.nan, 0.2]], np.float32)          # first wins / tie / dropped / second wins
+    pairs = jax.tree.map(np.asarray, labelled(first[:2], second[:2], prefer))
+    np.testing.assert_array_equal(pairs.valid, [True, False, False, True])
+    assert (pairs.chosen[0], pairs.rejected[0]) == (first[0, 0], second[0, 0])
+    assert (pairs.chosen[3], pairs.rejected[3]) == (second[1, 1], first[1, 1])
+    np.testing.assert_array_equal(pairs.prompt, [0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"in \[1, 6\] for 4 samples"):
+        candidate_pairs(2, 4, 7, jax.random.key(0))
+    with pytest.raises(ValueError, match="one shape"):
+        labelled(first[:2], second[:2], prefer[:1])

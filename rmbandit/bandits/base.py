@@ -21,7 +21,9 @@ a field named ``arms`` (a NamedTuple of arrays with a leading arm axis K);
 wrappers keep the wrapped state in a field named ``inner``.  Combinators such as
 ``add_arm`` rely on this to find per-arm leaves without knowing the algorithm.
 
-Bad rows (an arm index outside [0, K), a non-finite reward or context) are a
+A row whose arm is ``NO_ARM`` (-1) was not observed (a preference pair that tied, so no
+loss speaks for its RM): it changes nothing and is not an error, whatever its reward.
+Bad rows (any other arm index outside [0, K), a non-finite reward or context) are a
 ``ValueError`` when the inputs are concrete (eager calls).  Inside ``jax.jit``
 values cannot raise, so such rows are dropped — they change no statistic — and
 counted in ``state.skipped``; callers that jit should check that counter (the
@@ -39,6 +41,7 @@ import numpy as np
 
 Array = jax.Array
 State = Any
+NO_ARM = -1         # in update's arms: the row was not observed (it updates nothing, silently)
 
 # Bandit statistics must be exact on every backend: on GPUs JAX's default float32 matmul
 # is TF32 and on TPUs bf16 passes, which breaks a sequential LinUCB update on nearly
@@ -181,15 +184,17 @@ def check_update_inputs(contexts, arms, rewards, k: int, dim: int | None):
     contexts = check_contexts(contexts, dim)
     if is_concrete(arms, rewards):
         a, r = np.asarray(arms), np.asarray(rewards)
+        observed = a != NO_ARM if a.shape == (contexts.shape[0],) else np.ones(contexts.shape[0], bool)
         if a.shape == (contexts.shape[0],) and np.issubdtype(a.dtype, np.integer):
-            bad = (a < 0) | (a >= k)
+            bad = (a < NO_ARM) | (a >= k)
             if bad.any():
                 raise ValueError(
                     f"arm index {int(a[bad][0])} out of range for a bandit with {k} arms "
                     f"(rows {np.flatnonzero(bad)[:8].tolist()}); use add_arm to grow the bandit first")
-        if r.shape == (contexts.shape[0],) and np.issubdtype(r.dtype, np.number) and not np.isfinite(r).all():
+        if r.shape == (contexts.shape[0],) and np.issubdtype(r.dtype, np.number) and \
+                not np.isfinite(r[observed]).all():
             raise ValueError(
-                f"reward is NaN or inf at rows {np.flatnonzero(~np.isfinite(r))[:8].tolist()}; "
+                f"reward is NaN or inf at rows {np.flatnonzero(~np.isfinite(r) & observed)[:8].tolist()}; "
                 "the training loss diverged or an RM failed — drop those rows or fix the loss")
     arms, rewards = jnp.asarray(arms), jnp.asarray(rewards)
     rows = contexts.shape[0]
@@ -214,8 +219,10 @@ def pulled_one_hot(arms: Array, valid: Array, k: int, dtype=jnp.float32) -> Arra
     return jax.nn.one_hot(jnp.where(valid, arms, k), k, dtype=dtype)
 
 
-def count_skipped(skipped: Array, valid: Array) -> Array:
-    return skipped + jnp.sum(~valid).astype(skipped.dtype)
+def count_skipped(skipped: Array, valid: Array, arms: Array) -> Array:
+    """Rows that pulled an arm but could not update it (non-finite reward or context);
+    NO_ARM rows were never observed, so they are not skipped."""
+    return skipped + jnp.sum(~valid & (arms != NO_ARM)).astype(skipped.dtype)
 
 
 # ---------------------------------------------------------------- non-finite statistics

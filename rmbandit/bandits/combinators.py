@@ -118,7 +118,7 @@ def set_costs(state: CostState, costs) -> CostState:
 
 # ---------------------------------------------------------------- arms and priors
 
-def _is_per_arm(path) -> bool:
+def is_per_arm(path) -> bool:
     return any(getattr(key, "name", None) == "arms" for key in path)
 
 
@@ -134,7 +134,7 @@ def add_arm(bandit: base.Bandit, state, key: Array, dim: int, num_new: int = 1):
             raise ValueError(f"dim={dim} does not match the state's context width "
                              f"(leaf shapes {old_leaf.shape} vs {new_leaf.shape})")
     return jax.tree_util.tree_map_with_path(
-        lambda path, old, new: jnp.concatenate([old, new.astype(old.dtype)]) if _is_per_arm(path) else old,
+        lambda path, old, new: jnp.concatenate([old, new.astype(old.dtype)]) if is_per_arm(path) else old,
         state, fresh)
 
 

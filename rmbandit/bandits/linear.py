@@ -271,7 +271,7 @@ def update_linear(state: LinearState, contexts: Array, arms: Array, rewards: Arr
         grouped_sqrt_update(a.cov_sqrt, a.mean, safe_x, safe_r, arms, valid, tile))
     new = LinearState(
         arms=a._replace(cov_sqrt=cov_sqrt, mean=mean, pulls=a.pulls + jnp.sum(onehot, axis=0).astype(jnp.int32)),
-        skipped=base.count_skipped(state.skipped, valid))
+        skipped=base.count_skipped(state.skipped, valid, arms))
     return base.reject_non_finite(state, new, arms, valid, ok)
 
 

@@ -137,7 +137,7 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
         params = jax.vmap(train_arm)(a.params, a.init_params, buffer_x, buffer_r, pulls, pulls > a.pulls)
         new = NeuralState(
             arms=a._replace(params=params, z_diag=z_diag, buffer_x=buffer_x, buffer_r=buffer_r, pulls=pulls),
-            skipped=base.count_skipped(state.skipped, valid))
+            skipped=base.count_skipped(state.skipped, valid, arms))
         return base.reject_non_finite(state, new, arms, valid)
 
     return base.Bandit(init, select, update)

@@ -61,9 +61,9 @@ def _accumulate(state: ScoreState, contexts, arms, rewards, gain) -> ScoreState:
         arms=ScoreArms(a.score + base.matmul(onehot.T, gain(safe_r, jnp.clip(arms, 0, k - 1))),
                        a.weight + jnp.sum(onehot, 0),
                        a.pulls + jnp.sum(onehot, 0).astype(jnp.int32)),
-        position=state.position + contexts.shape[0],
+        position=state.position + jnp.sum(arms != base.NO_ARM).astype(jnp.int32),   # rows observed
         context_mean=context_mean,
-        skipped=base.count_skipped(state.skipped, valid))
+        skipped=base.count_skipped(state.skipped, valid, arms))
     return base.reject_non_finite(state, new, arms, valid)
 
 

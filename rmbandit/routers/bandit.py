@@ -104,7 +104,11 @@ def bandit_router(bandit: bandits.Bandit, granularity: str, *, feedback: str = "
             rewards = bandits.rescale_rewards(history, rewards, *rescale)
         return rewards
 
-    return base.Router(init, assign, observe, reward)
+    def grow(state, key, num_new, dim):
+        return base.RouterState(bandits.add_arm(learner, state.bandit, key, dim, num_new),
+                                jnp.concatenate([state.counts, jnp.zeros((num_new,), state.counts.dtype)]))
+
+    return base.Router(init, assign, observe, reward, grow)
 
 
 def laser(alpha: float = 0.5, history: int = 4096) -> base.Router:

@@ -77,11 +77,18 @@ class RewardFn(Protocol):
         (one per row of ``assignment.rows``), without changing the state: for logging."""
 
 
+class GrowFn(Protocol):
+    def __call__(self, state: RouterState, key: Array, num_new: int, dim: int) -> RouterState:
+        """``num_new`` RMs join the pool (arms K, K+1, ...): theirs start fresh, every other
+        arm keeps its statistics (LASeR: a new RM mid-run)."""
+
+
 class Router(NamedTuple):
     init: InitFn
     assign: AssignFn
     observe: ObserveFn
     reward: RewardFn | None = None      # None: the router learns nothing (fixed baselines)
+    grow: GrowFn | None = None          # None: the router cannot take new RMs mid-run
 
 
 def check_contexts(contexts) -> Array:

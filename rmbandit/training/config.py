@@ -11,7 +11,10 @@ from typing import Literal
 from rmbandit.rewards.pool import DEFAULT_POOL
 from rmbandit.training.step import StepConfig
 
-ROUTERS = ("laser", "single_rm", "random", "round_robin")
+# one RM per batch (LASeR and its baselines), every RM per batch (ensembles), one RM per pair
+PER_BATCH_ROUTERS = ("laser", "laser_exp3", "laser_neural_ucb", "single_rm", "random", "round_robin", "classifier")
+PER_PAIR_ROUTERS = ("bayesian", "random_pair")
+ROUTERS = PER_BATCH_ROUTERS + PER_PAIR_ROUTERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +53,7 @@ class LoopConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RouterConfig:
-    name: Literal["laser", "single_rm", "random", "round_robin"] = "laser"
+    name: Literal[ROUTERS] = "laser"
     alpha: float = 0.5                     # LinUCB exploration (LASeR: 0.4-0.6)
     rm: str | None = None                  # single_rm: the RM's name in the pool
     pooling: Literal["last", "first", "mean"] = "last"     # prompt embedding (LASeR: last token)
@@ -60,6 +63,23 @@ class RouterConfig:
     # such batches can keep choosing an RM that cannot tell the samples apart; a loss above
     # any real batch's (e.g. 2.0; DPO starts at ln 2) gives them the lowest rescaled reward.
     empty_batch_loss: float | None = None
+    # per-pair routers (BayesianRouter): the offline router's directory (its encoder gives the
+    # pair features h, its BT head the prior mean E_bt); written by experiments/offline_router.py
+    offline: str | None = None
+    prior: Literal["offline", "none"] = "offline"      # none: zero prior mean, prior_var 1 (w/o offline)
+    prior_var: float = 0.02                # sigma_w^2 around E_bt
+    noise_var: float = 1.0                 # sigma^2 of r = w.h + eps
+    reward: Literal["baseline", "full_advantage", "light_advantage"] = "baseline"
+    light_rms: int = 3                     # C of the light-advantage reward
+    online: bool = True                    # False: the offline router alone (w/o online)
+    mix: float | None = None               # weighted score: alpha of the offline BT scores' softmax
+    # RMs of the pool that join mid-run (LASeR): absent until global batch join_batch, then new
+    # arms with fresh statistics while the others keep theirs
+    join: tuple[str, ...] = ()
+    join_batch: int = 0
+    # cold start (CS-LASeR): start the router from the latest checkpoint of another run_dir
+    # (same router, pool and context width); its RM counts start again from 0
+    cold_start: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +156,24 @@ def check(config: TrainConfig) -> None:
          f"step.micro_batches={config.step.micro_batches} must divide the batch's pair slots, "
          f"train.prompts_per_batch x sampling.pairs_per_prompt = {slots}")
     names = [entry.get("name", entry.get("kind")) for entry in config.pool]
+    if config.router.name == "bayesian":
+        need(config.router.offline is not None, "router.name=bayesian routes on the offline router's pair features: set "
+                                                "router.offline to its directory (train one with "
+                                                "experiments/offline_router.py)")
+    unknown = [name for name in config.router.join if name not in names]
+    need(not unknown, f"router.join names RM(s) {unknown} that are not in the pool ({', '.join(map(str, names))})")
+    if config.router.join:
+        need(config.router.name in ("laser", "laser_exp3", "laser_neural_ucb", "random", "round_robin"),
+             f"router.join needs a learning per-batch router (laser, laser_exp3, laser_neural_ucb, random, "
+             f"round_robin); router.name={config.router.name} cannot take new RMs mid-run")
+        need(len(config.router.join) < len(names), "router.join names every RM: at least one must be there from the "
+                                                    "start")
+        need(1 <= config.router.join_batch < config.total_batches,
+             f"router.join_batch must be a batch of the run, in [1, {config.total_batches - 1}], got "
+             f"{config.router.join_batch}")
+    if config.router.name in PER_PAIR_ROUTERS:
+        need(config.router.empty_batch_loss is None, "router.empty_batch_loss is for per-batch routers; a per-pair "
+                                                     "router learns only from the pairs that formed")
     need(len(config.pool) >= 1, "pool is empty: name at least one RM (see rmbandit.rewards.pool.DEFAULT_POOL)")
     if config.router.name == "single_rm":
         need(config.router.rm in names, f"router.rm must name an RM of the pool for router.name=single_rm; "

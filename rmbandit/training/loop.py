@@ -29,32 +29,61 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rmbandit import config as config_lib
-from rmbandit import data, parallel, routers, text
+from rmbandit import bandits, data, parallel, routers, text
 from rmbandit.models import load_pretrained, load_tokenizer, prompt_embeddings
 from rmbandit.models.sampling import bucket, generate
 from rmbandit.rewards import pool as pool_lib
 from rmbandit.training import report
 from rmbandit.training import step as step_lib
-from rmbandit.training.config import TrainConfig, check
+from rmbandit.training.config import PER_PAIR_ROUTERS, TrainConfig, check
 from rmbandit.training.evaluate import accuracy_by_category, decode_responses
-from rmbandit.training.pairs import sample_pairs
+from rmbandit.training.pairs import candidate_pairs, labelled, sample_pairs
 
 
 class TrainingDiverged(FloatingPointError):
     """A non-finite loss: the run stops before anything of that batch is saved."""
 
 
-def make_router(config: TrainConfig, rm_names: list[str]) -> routers.Router:
+def make_router(config: TrainConfig, rm_names: list[str], offline=None) -> routers.Router:
+    """The router ``router.name`` names (one config key switches method)."""
     cfg = config.router
     if cfg.name == "laser":
         return routers.laser(alpha=cfg.alpha, history=cfg.history)
+    if cfg.name == "laser_exp3":
+        return routers.laser_exp3(history=cfg.history)
+    if cfg.name == "laser_neural_ucb":
+        return routers.laser_neural_ucb(history=cfg.history)
     if cfg.name == "single_rm":
         return routers.single_rm(rm_names.index(cfg.rm))
     if cfg.name == "random":
         return routers.uniform_random("batch", history=cfg.history)
     if cfg.name == "round_robin":
         return routers.round_robin("batch", history=cfg.history)
+    if cfg.name == "random_pair":
+        return routers.uniform_random("item", history=cfg.history)
+    if cfg.name == "bayesian":
+        prior = offline.prior_mean() if cfg.prior == "offline" else None
+        return routers.bayesian_router(prior_mean=prior, prior_var=cfg.prior_var if prior is not None else 1.0,
+                                       noise_var=cfg.noise_var, reward=cfg.reward, light_rms=cfg.light_rms,
+                                       online=cfg.online, mix=cfg.mix, history=cfg.history)
     raise ValueError(f"router.name {cfg.name!r} is not a training router")
+
+
+class _NoFeatures:
+    """Per-pair routers that ignore contexts (random per pair) route on a constant."""
+    dim = 1
+
+    def features(self, prompts, a, b):
+        return np.ones((len(prompts), 1), np.float32)
+
+
+def load_offline_router(path, rm_names: list[str]):
+    """The offline router a per-pair router routes with (its features, its prior), checked
+    against the pool: its BT head has one row per RM, by name."""
+    if path is None:
+        return _NoFeatures()
+    from rmbandit.training import offline_router
+    return offline_router.load(path, rm_names=rm_names)
 
 
 def batch_schedule(tasks: list[data.Task], config: TrainConfig, iteration: int) -> list[list[data.Task]]:
@@ -108,7 +137,15 @@ class Trainer:
             raise ValueError(f"RM(s) {pairwise} are pairwise judges; the training loop scores each response "
                              "(pointwise): use mode: pointwise for judges")
         self.rm_names = [rm.name for rm in self.pool]
-        self.router = make_router(config, self.rm_names)
+        # arm k of the router is RM arm_rms[k]: the RMs there from the start, then those that join
+        late = [self.rm_names.index(name) for name in config.router.join]
+        self.arm_rms = np.array([i for i in range(len(self.pool)) if i not in late] + late, np.int32)
+        self.first_arms = len(self.pool) - len(late)
+        self.per_pair = config.router.name in PER_PAIR_ROUTERS
+        # per-pair routers route on the offline router's pair features (its encoder, its width)
+        self.offline = load_offline_router(config.router.offline, self.rm_names) if self.per_pair else None
+        self.context_dim = self.offline.dim if self.per_pair else self.model.config.hidden_size
+        self.router = make_router(config, self.rm_names, self.offline)
         self.eos_ids = tuple(sorted({self.tokenizer.eos_token_id} - {None}))
         self.pad_id = text.pad_id(self.tokenizer)
         self._compile()
@@ -151,14 +188,59 @@ class Trainer:
         return jax.device_put(array, jax.sharding.NamedSharding(self.mesh, spec))
 
     # ---- state --------------------------------------------------------------------------
-    def fresh_state(self) -> dict:
+    def fresh_state(self, step: int = 0) -> dict:
+        """The state a run starts from; at ``step`` > 0, one shaped as the checkpoint after
+        ``step`` batches (the router has grown if RMs joined before)."""
         key = jax.random.key(self.config.seed)
         train = step_lib.init_state(jax.random.fold_in(key, 1), self.base, self.config.step)
         if not self.config.step.full_finetune:
             train = self._replicated(train)
-        router = self._replicated(self.router.init(jax.random.fold_in(key, 2), len(self.pool),
-                                                   self.model.config.hidden_size))
-        return {"train": train, "reference": _copy(train.params), "router": router}
+        router = self.router.init(jax.random.fold_in(key, 2), self.first_arms, self.context_dim)
+        if self.config.router.cold_start is not None:
+            router = self._cold_start(router)
+        if self.config.router.join and step > self.config.router.join_batch:
+            router = self._grow(router)
+        return {"train": train, "reference": _copy(train.params), "router": self._replicated(router)}
+
+    def _arm_names(self, step: int) -> list[str]:
+        """The RM of each router arm after ``step`` batches (a cold start maps arms by name)."""
+        grown = self.config.router.join and step > self.config.router.join_batch
+        return [self.rm_names[i] for i in self.arm_rms[:len(self.pool) if grown else self.first_arms]]
+
+    def _grow(self, router_state):
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
+        return self.router.grow(router_state, key, len(self.pool) - self.first_arms, self.context_dim)
+
+    def _cold_start(self, router_state):
+        """CS-LASeR: the router state of another run's latest checkpoint (its counts reset)."""
+        source = pathlib.Path(self.config.router.cold_start)
+        manager = ocp.CheckpointManager(source.resolve() / "checkpoints", item_names=("state", "meta"))
+        latest = manager.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"router.cold_start={source}: no checkpoint in {source / 'checkpoints'}; point it "
+                                    "at the run_dir of a run that has trained")
+        target = jax.tree.map(np.asarray, router_state)
+        try:
+            restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item={"router": target}, partial_restore=True)))["state"]["router"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"router.cold_start={source}: its router does not fit this run's ({err}); reuse a run "
+                             "with the same router.name, pool and policy (context width)") from err
+        restored = jax.tree.unflatten(jax.tree.structure(router_state), jax.tree.leaves(restored))
+        if any(np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(router_state))):
+            raise ValueError(f"router.cold_start={source}: its router state has other shapes than this run's; reuse "
+                             "a run with the same router.name, pool and policy (context width)")
+        # its arms may be in another order (RMs that joined mid-run come last): match them by RM name
+        theirs = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get(
+            "arms", self._arm_names(0))
+        mine = self._arm_names(0)
+        if sorted(theirs) != sorted(mine):
+            raise ValueError(f"router.cold_start={source}: its router's RMs {theirs} are not this run's {mine}; reuse "
+                             "a run with the same router.name, pool and policy (context width)")
+        order = np.array([theirs.index(name) for name in mine])
+        restored = restored._replace(bandit=jax.tree_util.tree_map_with_path(
+            lambda path, leaf: leaf[order] if bandits.combinators.is_per_arm(path) else leaf, restored.bandit))
+        return restored._replace(counts=jnp.zeros_like(router_state.counts))
 
     def respond(self, prompts: list[str], state: dict) -> list[str]:
         """Greedy responses of the current policy (evaluation)."""
@@ -184,6 +266,9 @@ class Trainer:
         times = {}
         started = time.perf_counter()
 
+        if cfg.router.join and step == cfg.router.join_batch:
+            state = {**state, "router": self._replicated(self._grow(state["router"]))}
+            self.log(f"batch {step}: RM(s) {', '.join(cfg.router.join)} join the router")
         with parallel.use_mesh(self.mesh):
             # 1. sample (the prefill also gives LASeR's context: the prompts' last hidden states)
             clock = time.perf_counter()
@@ -196,38 +281,27 @@ class Trainer:
             responses = decode_responses(self.tokenizer, tokens, token_mask)
             times["time_sample"] = time.perf_counter() - clock
 
-            # 2. route
-            clock = time.perf_counter()
-            contexts = samples.prompt_hidden if cfg.router.pooling == "last" else self._embed(
-                self.base, state["train"].params, ids, mask)
-            router_state, assignment = self._assign(state["router"], contexts, route_key)
-            routers.check(assignment)
-            rms = np.asarray(assignment.rms)
-            times["time_router"] = time.perf_counter() - clock
-
-            # 3. score with the routed RM(s), then pairs
-            clock = time.perf_counter()
-            scores = np.full((len(prompts), n), np.nan, np.float32)
-            for rm_index in np.unique(rms):
-                rows = np.flatnonzero(rms == rm_index)
-                flat = [r * n + j for r in rows for j in range(n)]
-                scores[rows] = self.pool[rm_index].score([prompts[i // n] for i in flat],
-                                                         [responses[i] for i in flat]).reshape(len(rows), n)
-            pairs = jax.device_get(self._pairs(scores, cfg.sampling.pairs_per_prompt, pair_key))
+            # 2. route, 3. label: one RM per batch (its scores give the pairs), or one per pair
+            # (candidate pairs first, routed on their features, ordered by their RM's label)
+            if self.per_pair:
+                rms, router_state, assignment, pairs = self._route_pairs(state, prompts, responses, route_key,
+                                                                         pair_key, times)
+            else:
+                rms, router_state, assignment, pairs = self._route_batch(state, samples, ids, mask, prompts,
+                                                                         responses, route_key, pair_key, times)
             valid = np.asarray(pairs.valid)
-            times["time_score"] = time.perf_counter() - clock
+            pair_rms = rms if self.per_pair else np.repeat(rms, cfg.sampling.pairs_per_prompt)
 
             row = {"step": step, "iteration": iteration, "batch": index, "category": category_of(tasks),
                    "rm": self.rm_names[rms[0]] if (rms == rms[0]).all() and rms[0] >= 0 else "mixed",
-                   "rm_pairs": {name: int(valid[np.repeat(rms, cfg.sampling.pairs_per_prompt) == k].sum())
-                                for k, name in enumerate(self.rm_names)},
+                   "rm_pairs": {name: int(valid[pair_rms == k].sum()) for k, name in enumerate(self.rm_names)},
                    "pairs": int(valid.sum())}
             state = {**state, "router": router_state}
             if not valid.any():
                 # no pair: no step; the router learns nothing from the batch, or router.empty_batch_loss
                 times["time_step"] = 0.0
                 row.update(skipped=True, loss=None, bandit_reward=None, reward_accuracy=None, grad_norm=None)
-                if cfg.router.empty_batch_loss is not None:
+                if cfg.router.empty_batch_loss is not None and not self.per_pair:
                     clock = time.perf_counter()
                     row["bandit_reward"], state["router"] = self._learn(router_state, assignment,
                                                                         cfg.router.empty_batch_loss)
@@ -249,7 +323,12 @@ class Trainer:
                         "override to resume from that checkpoint.")
                 # 5. learn
                 clock = time.perf_counter()
-                reward, router_state = self._learn(router_state, assignment, loss)
+                if self.per_pair:      # each routed pair's own loss; tied pairs taught nothing
+                    losses = np.where(valid, np.asarray(metrics["losses"]), np.nan).astype(np.float32)
+                    assignment = assignment._replace(arms=np.where(valid, assignment.arms, bandits.NO_ARM))
+                    reward, router_state = self._learn(router_state, assignment, losses)
+                else:
+                    reward, router_state = self._learn(router_state, assignment, loss)
                 state = {**state, "train": train, "router": router_state}
                 times["time_router"] += time.perf_counter() - clock
                 row.update(skipped=False, loss=loss, bandit_reward=reward,
@@ -258,11 +337,68 @@ class Trainer:
         row.update(times)
         return state, row
 
-    def _learn(self, router_state, assignment, loss: float):
-        """The router observes the batch's loss -> (the bandit's shaped reward, new state)."""
-        signal = jnp.float32(loss)
-        reward = None if self._reward is None else float(self._reward(router_state, assignment, signal)[0])
+    def _learn(self, router_state, assignment, loss):
+        """The router observes the batch's loss (per pair: each pair's, NaN where none) ->
+        (the bandit's shaped reward, averaged over the pairs it learns from; the new state)."""
+        signal = jnp.asarray(loss, jnp.float32)
+        reward = None
+        if self._reward is not None:
+            shaped = np.asarray(self._reward(router_state, assignment, signal))
+            reward = float(np.nanmean(shaped)) if np.isfinite(shaped).any() else None
         return reward, self._observe(router_state, assignment, signal)
+
+    def _pool_rms(self, arms) -> np.ndarray:
+        """The router's arm indices -> the pool's RM indices (ALL_RMS stays)."""
+        arms = np.asarray(arms)
+        return np.where(arms == routers.ALL_RMS, routers.ALL_RMS, self.arm_rms[np.maximum(arms, 0)])
+
+    def _route_batch(self, state, samples, ids, mask, prompts, responses, route_key, pair_key, times):
+        """One RM per batch: route on the prompts' embeddings, score with the RM, draw pairs."""
+        cfg, n = self.config, self.config.sampling.num_samples
+        clock = time.perf_counter()
+        contexts = samples.prompt_hidden if cfg.router.pooling == "last" else self._embed(
+            self.base, state["train"].params, ids, mask)
+        router_state, assignment = self._assign(state["router"], contexts, route_key)
+        routers.check(assignment)
+        rms = self._pool_rms(assignment.rms)
+        times["time_router"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        scores = np.full((len(prompts), n), np.nan, np.float32)
+        for rm_index in np.unique(rms):
+            rows = np.flatnonzero(rms == rm_index)
+            flat = [r * n + j for r in rows for j in range(n)]
+            scores[rows] = self.pool[rm_index].score([prompts[i // n] for i in flat],
+                                                     [responses[i] for i in flat]).reshape(len(rows), n)
+        pairs = jax.device_get(self._pairs(scores, cfg.sampling.pairs_per_prompt, pair_key))
+        times["time_score"] = time.perf_counter() - clock
+        return rms, router_state, assignment, pairs
+
+    def _route_pairs(self, state, prompts, responses, route_key, pair_key, times):
+        """One RM per pair (BayesianRouter): candidate pairs, their features from the offline
+        router's encoder, the router's RM for each, and that RM's label ordering it."""
+        cfg, n, per_prompt = self.config, self.config.sampling.num_samples, self.config.sampling.pairs_per_prompt
+        clock = time.perf_counter()
+        first, second = map(np.asarray, candidate_pairs(len(prompts), n, per_prompt, pair_key))
+        rows = np.arange(len(prompts))[:, None] * n
+        prompt_of = [prompts[i] for i in np.repeat(np.arange(len(prompts)), per_prompt)]
+        a = [responses[i] for i in (rows + first).reshape(-1)]
+        b = [responses[i] for i in (rows + second).reshape(-1)]
+        contexts = self.offline.features(prompt_of, a, b)
+        router_state, assignment = self._assign(state["router"], contexts, route_key)
+        routers.check(assignment)
+        rms = self._pool_rms(assignment.rms)
+        times["time_router"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        prefer = np.full(len(rms), np.nan, np.float32)
+        for rm_index in np.unique(rms):
+            mine = np.flatnonzero(rms == rm_index)
+            prefer[mine] = self.pool[rm_index].prefer([prompt_of[i] for i in mine], [a[i] for i in mine],
+                                                      [b[i] for i in mine])
+        pairs = jax.device_get(labelled(first, second, prefer.reshape(first.shape)))
+        times["time_score"] = time.perf_counter() - clock
+        return rms, router_state, assignment, pairs
 
     def _pair_batch(self, ids, mask, tokens, token_mask, pairs) -> step_lib.PairBatch:
         """Pairs -> the step's input, grouped by prompt: each prompt's responses (all n
@@ -318,8 +454,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.manager = self._manager()
         saved_config = self.run_dir / "config.yaml"
-        state = self.fresh_state()
         latest = self.manager.latest_step()
+        state = self.fresh_state(latest or 0)
         if latest is not None:
             check_resumable(cfg)
             state, meta = self.restore(latest, state)
@@ -362,7 +498,7 @@ class Trainer:
                     if cfg.train.reference == "previous":
                         state = {**state, "reference": _copy(state["train"].params)}
                 if end_of_iteration or done % cfg.checkpoint.every == 0:
-                    meta = {**meta, "step": done, "pool": pool_lib.pool_state(self.pool),
+                    meta = {**meta, "step": done, "pool": pool_lib.pool_state(self.pool), "arms": self._arm_names(done),
                             "finished": done == cfg.total_batches}
                     self.save(done, state, meta)
         if bar is not None:

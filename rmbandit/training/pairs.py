@@ -63,3 +63,32 @@ def sample_pairs(scores: Array, pairs_per_prompt: int, key: Array) -> Pairs:
     prompt = jnp.repeat(jnp.arange(prompts, dtype=jnp.int32), pairs_per_prompt)
     return Pairs(prompt, chosen.reshape(-1).astype(jnp.int32), rejected.reshape(-1).astype(jnp.int32),
                  valid.reshape(-1))
+
+
+def candidate_pairs(prompts: int, n: int, pairs_per_prompt: int, key: Array) -> tuple[Array, Array]:
+    """Unlabelled pairs for per-pair routing (BayesianRouter): ``pairs_per_prompt`` distinct
+    unordered pairs (first < second) of each prompt's n samples, uniformly without
+    replacement -> (first, second), each [prompts, pairs_per_prompt].  The router picks an
+    RM for each pair before any RM has scored it; that RM's label orders it (``labelled``)."""
+    first, second = _candidates(n)
+    if not isinstance(pairs_per_prompt, (int, np.integer)) or not 1 <= pairs_per_prompt <= len(first):
+        raise ValueError(f"pairs_per_prompt must be an integer in [1, {len(first)}] for {n} samples per prompt, "
+                         f"got {pairs_per_prompt!r}")
+    picked = jax.vmap(lambda k: jax.random.choice(k, len(first), (pairs_per_prompt,), replace=False))(
+        jax.random.split(key, prompts))
+    return jnp.asarray(first)[picked], jnp.asarray(second)[picked]
+
+
+def labelled(first: Array, second: Array, prefer: Array) -> Pairs:
+    """Candidate pairs ordered by their RMs' labels: ``prefer`` [prompts, P] is P(first beats
+    second) from the RM that labelled each pair; a tie (0.5) or a dropped label (NaN) gives
+    no pair, as in ``sample_pairs``."""
+    first, second, prefer = jnp.asarray(first), jnp.asarray(second), jnp.asarray(prefer)
+    if not first.shape == second.shape == prefer.shape or first.ndim != 2:
+        raise ValueError(f"first, second and prefer must be [prompts, pairs] of one shape, got {first.shape}, "
+                         f"{second.shape} and {prefer.shape}")
+    first_wins = prefer > 0.5
+    prompt = jnp.repeat(jnp.arange(first.shape[0], dtype=jnp.int32), first.shape[1])
+    return Pairs(prompt, jnp.where(first_wins, first, second).reshape(-1).astype(jnp.int32),
+                 jnp.where(first_wins, second, first).reshape(-1).astype(jnp.int32),
+                 (jnp.isfinite(prefer) & (prefer != 0.5)).reshape(-1))

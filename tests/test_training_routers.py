@@ -1,0 +1,77 @@
+"""The loop with the routers beyond LASeR: one RM per pair, RMs joining mid-run, and a
+router cold-started from another run (CS-LASeR).  Same tiny policy and pool as
+test_training_loop."""
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from rmbandit import bandits  # noqa: E402
+from rmbandit.training import report  # noqa: E402
+from tests.test_training_loop import (POOL, compilation_cache, load, policy_dir, quiet_trainer,  # noqa: E402,F401
+                                      write_config)
+
+
+def test_one_rm_per_pair_labels_each_pair_with_its_own_rm(tmp_path, policy_dir):
+    path = write_config(tmp_path, policy_dir, router={"name": "random_pair", "empty_batch_loss": None},
+                        train={"iterations": 1}, sampling={"num_samples": 4, "pairs_per_prompt": 3})
+    trainer = quiet_trainer(load(path))
+    state = trainer.fresh_state()
+    state, row = trainer.train_batch(state, 0)
+    # numbers ties on every sample of this tiny policy: only the noisy RM's pairs can form
+    assert row["rm"] == "mixed" and row["rm_pairs"]["numbers"] == 0
+    assert row["pairs"] == row["rm_pairs"]["noisy"] > 0
+    counts = np.asarray(state["router"].counts)
+    assert counts.sum() == 4 * 3 and (counts > 0).all()          # each of 12 candidate pairs got one RM
+
+
+def test_an_rm_joins_mid_run_and_a_cold_started_run_reuses_the_router(tmp_path, policy_dir):
+    for run in "abcd":
+        (tmp_path / run).mkdir()
+    path = write_config(tmp_path / "a", policy_dir, router={"join": ["numbers"], "join_batch": 2})
+    trainer = quiet_trainer(load(path))
+    trainer.run()
+    rows = report.read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
+    assert [r["rm"] for r in rows[:2]] == ["noisy", "noisy"]       # the only arm before batch 2
+    router = trainer.state["router"]
+    assert np.asarray(router.counts).shape == (2,)
+    assert bandits.num_arms(router.bandit) == 2
+    # arm 0 is noisy (there from the start), arm 1 numbers (joined): rows 0-1 credited arm 0 only
+    pulls = np.asarray(bandits.base.arm_states(router.bandit)[-1].arms.pulls)
+    assert pulls[0] >= 2 and pulls.sum() == sum(not r["skipped"] or r["bandit_reward"] is not None for r in rows)
+
+    # a resume after the join restores the grown router
+    assert quiet_trainer(load(path)).run()["batches"] == 4
+
+    cold = write_config(tmp_path / "b", policy_dir, router={"cold_start": str(tmp_path / "a" / "run")})
+    warm_trainer = quiet_trainer(load(cold))
+    start = warm_trainer.fresh_state()["router"]
+    learnt = bandits.base.arm_states(router.bandit)[-1].arms
+    got = bandits.base.arm_states(start.bandit)[-1].arms
+    for mine, theirs in zip(jax.tree.leaves(got), jax.tree.leaves(learnt)):
+        np.testing.assert_array_equal(np.asarray(mine)[[1, 0]], np.asarray(theirs))    # pool order vs arm order
+    assert not np.asarray(start.counts).any()
+
+    wrong = write_config(tmp_path / "c", policy_dir, pool=POOL[:1], router={"cold_start": str(tmp_path / "a" / "run")})
+    with pytest.raises(ValueError, match="router.cold_start=.*same router.name, pool"):
+        quiet_trainer(load(wrong)).fresh_state()
+    empty = write_config(tmp_path / "d", policy_dir, router={"cold_start": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        quiet_trainer(load(empty)).fresh_state()
+
+
+@pytest.mark.parametrize("router, message", [
+    ({"join": ["judge"], "join_batch": 1}, "router.join names RM.*'judge'.*not in the pool"),
+    ({"join": ["numbers"], "join_batch": 9}, r"router.join_batch must be a batch of the run, in \[1, 3\]"),
+    ({"join": ["numbers", "noisy"], "join_batch": 1}, "at least one must be there from the start"),
+    ({"name": "single_rm", "rm": "noisy", "join": ["numbers"], "join_batch": 1}, "cannot take new RMs"),
+    ({"name": "bayesian", "empty_batch_loss": None}, "router.offline to its directory"),
+    ({"name": "random_pair"}, "empty_batch_loss is for per-batch routers"),
+])
+def test_routing_config_errors_name_the_key(tmp_path, policy_dir, router, message):
+    path = write_config(tmp_path, policy_dir, router=router)
+    with pytest.raises(ValueError, match=message):
+        quiet_trainer(load(path))
