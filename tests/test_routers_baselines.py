@@ -7,18 +7,14 @@ import pytest
 
 from rmbandit import bandits, routers
 from rmbandit.routers import baselines
-from tests.reference import Exp3Ref
+from tests.reference import Exp3Ref, quantile_rescale_ref
 
 K, D = 3, 16
 
 
-def _graves(history, r, low=0.2, high=0.8):
-    if len(history) == 0:
-        return np.full_like(r, 0.5)
-    q_lo, q_hi = np.quantile(history, [low, high])
-    if q_hi > q_lo:
-        return np.clip((r - q_lo) / (q_hi - q_lo), 0.0, 1.0)
-    return np.where(r > q_hi, 1.0, np.where(r < q_lo, 0.0, 0.5))
+def _graves(history, raw):
+    """Graves et al. 2017 / the paper's App. B rescaling of each reward, from the equation."""
+    return np.array([quantile_rescale_ref(history, r) for r in raw])
 
 
 def _prompts(rng, rows, category, centres):

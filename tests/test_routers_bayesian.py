@@ -8,6 +8,7 @@ import pytest
 
 from rmbandit import bandits, routers
 from rmbandit.routers import bayesian
+from tests.reference import quantile_rescale_ref
 from rmbandit.training.losses import dpo_loss
 
 K, D = 4, 16
@@ -21,14 +22,9 @@ def _features(rng, rows, common=None, norm=300.0):
     return (norm * common + 0.1 * norm * rng.normal(size=(rows, D)) / np.sqrt(D)).astype(np.float32)
 
 
-def _graves(history, r, low=0.2, high=0.8):
-    """Graves et al. 2017 / the paper's App. B rescaling, from the equation."""
-    if len(history) == 0:
-        return np.full_like(r, 0.5)
-    q_lo, q_hi = np.quantile(history, [low, high])
-    if q_hi > q_lo:
-        return np.clip((r - q_lo) / (q_hi - q_lo), 0.0, 1.0)
-    return np.where(r > q_hi, 1.0, np.where(r < q_lo, 0.0, 0.5))
+def _graves(history, raw):
+    """Graves et al. 2017 / the paper's App. B rescaling of each reward, from the equation."""
+    return np.array([quantile_rescale_ref(history, r) for r in raw])
 
 
 def _paper_update(mu, sigma, h, arms, r, noise_var):

@@ -23,6 +23,7 @@ import optax
 from rmbandit import bandits
 from rmbandit.routers import base
 from rmbandit.routers.bandit import bandit_router
+from rmbandit.routers.bayesian import context_router
 
 GRANULARITIES = ("item", "batch")
 
@@ -147,31 +148,20 @@ def classifier_router(params: ClassifierParams, granularity: str = "item") -> ba
     num_rms = layer_widths(params)[-1]
     dim = params.mean.shape[0]
 
-    def init(key, k, d):
-        del key
-        base.check_init(k, d)
+    def check_pool(k, d):
         if (k, d) != (num_rms, dim):
             raise ValueError(f"the classifier was trained for {num_rms} RMs on embeddings of width {dim}; "
                              f"the router was initialised with num_rms={k}, dim={d}: retrain it on this pool "
                              "and featuriser")
-        return base.RouterState((), jnp.zeros((k,), jnp.int32))
 
-    def assign(state, contexts, key):
-        del key
-        contexts = base.check_contexts(contexts)
+    def route(contexts):
         scores = jax.nn.softmax(classifier_logits(params, contexts), axis=-1)
         rms = bandits.base.argmax_finite(scores)
         if granularity == "batch":
             rms = jnp.full_like(rms, jnp.argmax(jnp.bincount(rms, length=num_rms)))
-        assignment = base.make_assignment(rms, scores, jnp.zeros((0, contexts.shape[1]), jnp.float32),
-                                          jnp.zeros((0,), jnp.int32))
-        return state._replace(counts=base.count_labels(state.counts, rms)), assignment
+        return rms, scores
 
-    def observe(state, assignment, signal):
-        del assignment, signal
-        return state
-
-    return base.Router(init, assign, observe)
+    return context_router(route, check_pool)
 
 
 # ---------------------------------------------------------------- LASeR with other bandits
