@@ -19,9 +19,10 @@ Variants (the paper's Sec. 4 ablations and App. C reward designs):
                            scores), the TS part from a zero-mean prior as in the paper
     reward="baseline"      r_i = mean batch loss - L_i, then 20/80-quantile rescaling (App. B)
     reward="full_advantage"   every RM labels every pair; r_i = 1 if the routed RM's loss <= the
-                           mean loss over the RMs, else 0; observe takes losses [B, K]
+                           mean loss over the RMs, else 0; observe takes losses [B, K] (NaN: an
+                           RM that gave the pair no label, a tie; it stays out of the mean)
     reward="light_advantage"  the same against ``light_rms`` random other RMs (``advantage_queries``
-                           says which); NaN in [B, K] = not queried
+                           says which; the other entries are NaN)
 
 The losses of a pair under other RMs' labels need no extra forward pass: see
 ``losses_under_labels``.
@@ -53,6 +54,7 @@ def losses_under_labels(margin, beta: float, agrees, queried=None) -> jax.Array:
     y_w and y_l, which negates h: loss -log sigmoid(-beta h).  ``queried`` [B, K] bool
     (default all): entries not queried are NaN, as the advantage rewards expect.
     """
+    bandits.base.check_number("beta", beta, low=0, low_open=True)
     margin = jnp.asarray(margin, jnp.float32)
     agrees = jnp.asarray(agrees)
     if margin.ndim != 1 or agrees.ndim != 2 or agrees.shape[0] != margin.shape[0]:
@@ -78,6 +80,8 @@ def advantage_queries(key, rms, num_rms: int, others: int | None = None) -> jax.
     ``others`` distinct random RMs besides it (light advantage: C = 3 in the paper).  The
     draw depends only on ``key``, so the training loop and the simulation that pass the same
     key query the same RMs."""
+    if others is not None:
+        bandits.base.check_number("others", others, low=1, integer=True)
     rms = jnp.asarray(rms)
     if rms.ndim != 1 or not jnp.issubdtype(rms.dtype, jnp.integer):
         raise ValueError(f"advantage_queries needs the routed RMs as integers [pairs], got {rms.dtype} {rms.shape}")
@@ -105,8 +109,10 @@ def advantage_rewards(losses, rms) -> jax.Array:
     return jnp.where(usable, (routed <= mean).astype(jnp.float32), jnp.nan)
 
 
-def check_advantage_losses(losses, rms, num_rms: int, full: bool) -> None:
-    """Eager checks of the [B, K] losses an advantage router observes (skipped under jit)."""
+def check_advantage_losses(losses, rms, num_rms: int) -> None:
+    """Eager checks of the [B, K] losses an advantage router observes (value checks skipped
+    under jit).  NaN marks an RM that was not queried or gave the pair no label (a tie):
+    allowed, except for the routed RM, and each pair needs one other RM to compare with."""
     losses = jnp.asarray(losses)
     want = (rms.shape[0], num_rms)
     if losses.shape != want:
@@ -121,21 +127,19 @@ def check_advantage_losses(losses, rms, num_rms: int, full: bool) -> None:
     if missing.any():
         raise ValueError(f"the routed RM's loss is NaN at pairs {np.flatnonzero(missing)[:8].tolist()}: the pair "
                          "was trained on its label, so that loss must be given")
-    if full and not known.all():
-        raise ValueError(f"reward='full_advantage' needs every RM's loss for every pair; NaN at pairs "
-                         f"{np.flatnonzero(~known.all(1))[:8].tolist()} (use reward='light_advantage' to query a few)")
     alone = known.sum(1) < 2
     if alone.any():
         raise ValueError(f"pairs {np.flatnonzero(alone)[:8].tolist()} have no other RM's loss to compare with; "
                          "query them as routers.advantage_queries says")
 
 
-def advantage(router: base.Router, num_others: int | None) -> base.Router:
+def advantage(router: base.Router) -> base.Router:
     """A per-item router with feedback='reward' that observes losses [B, K] instead, turned
-    into 0/1 advantage rewards (``num_others`` None: the full advantage)."""
+    into 0/1 advantage rewards.  Full and light advantage learn alike; they differ in which
+    RMs the caller queries (``advantage_queries`` with others=None or C)."""
 
     def rewards(state, assignment, losses):
-        check_advantage_losses(losses, assignment.rms, state.counts.shape[0], num_others is None)
+        check_advantage_losses(losses, assignment.rms, state.counts.shape[0])
         return advantage_rewards(losses, assignment.rms)
 
     return router._replace(observe=lambda s, a, f: router.observe(s, a, rewards(s, a, f)),
@@ -223,7 +227,9 @@ def bayesian_router(prior_mean=None, prior_var: float | None = None, noise_var: 
     ablation (mu_n(0) = 0).  ``prior_var``: sigma_w^2; None picks the paper's value for the
     prior in use: ``PRIOR_VAR`` = 0.02 around E_bt, ``NO_PRIOR_VAR`` = 1 around zero.
     ``noise_var``: sigma^2 of r = w^T h + eps (paper: 1).  ``reward``: one of ``REWARDS``;
-    ``light_rms``: C, the other RMs each pair is compared with under "light_advantage".
+    ``light_rms``: C, the other RMs each pair is compared with under "light_advantage": the
+    caller queries ``advantage_queries(key, assignment.rms, K, light_rms)`` (None for
+    "full_advantage") and passes their losses, ``losses_under_labels``, to ``observe``.
     ``online=False``: the offline router alone (needs ``prior_mean``).  ``mix``: alpha of the
     Weighted-score ablation (needs ``prior_mean``; the Thompson part then starts from zero
     mean, as in the paper).  ``history``: rewards kept for the quantile rescaling.
@@ -260,4 +266,4 @@ def bayesian_router(prior_mean=None, prior_var: float | None = None, noise_var: 
     if reward == "baseline":
         return bandit_router(thompson, "item", feedback="loss", rescale=(0.2, 0.8), history=history, baseline=True)
     router = bandit_router(thompson, "item", feedback="reward", rescale=None)
-    return advantage(router, None if reward == "full_advantage" else int(light_rms))
+    return advantage(router)
