@@ -85,7 +85,8 @@ def train_classifier(key, embeddings, labels, num_rms: int, *, hidden: tuple[int
 
     ``embeddings`` [N, d]: prompt embeddings (the same featuriser the router will see);
     ``labels`` [N]: the RM index of each (``best_rm_labels``, its kept rows).  Each epoch
-    visits the examples in a fresh random order, in minibatches of ``batch_size``."""
+    visits the examples in a fresh random order, in minibatches of ``batch_size`` (the few
+    left over by the last full minibatch wait for another epoch's order)."""
     x = np.asarray(embeddings, np.float32)
     y = np.asarray(labels)
     if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
