@@ -117,10 +117,6 @@ class SampledBatch:
     nll: np.ndarray                 # [P, n] per-token NLL of each response under the policy
     contexts: jax.Array             # [P, d] the router's contexts
 
-    @property
-    def prompts(self) -> list[str]:
-        return [t.prompt for t in self.tasks]
-
     def correct(self) -> np.ndarray:
         """[P, n] whether each response answers its task."""
         n = self.nll.shape[1]
