@@ -130,6 +130,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_best_of_n(args) -> int:
+    from rmbandit import config as config_lib
+    from rmbandit.training import best_of_n
+    try:
+        config = config_lib.load(best_of_n.BestOfNConfig, args.config, args.overrides)
+        best_of_n.check_config(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rmbandit best-of-n: error: {err}", file=sys.stderr)
+        return 2
+    best_of_n.best_of_n(config, progress=not args.quiet and sys.stderr.isatty())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmbandit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dotted overrides, e.g. train.iterations=3 sampling.num_samples=8 run_dir=runs/x")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+    bon = sub.add_parser("best-of-n", help="best-of-n with a routed RM, no policy training (LASeR's best-of-n mode)",
+                         description="Learn the router on the training prompts (the routed RM picks the best of n "
+                                     "samples; the bandit reward is the pick's rescaled negative NLL), then compare "
+                                     "its picks on the test set with each single RM's, the score ensemble's and a "
+                                     "random pick. Writes run_dir/best_of_n.json.")
+    bon.add_argument("--config", default=None,
+                     help="YAML config: a training config's keys plus best_of_n.*; default: the embedded demo")
+    bon.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="dotted overrides, e.g. sampling.num_samples=8 router.name=random run_dir=runs/x")
+    bon.add_argument("--quiet", action="store_true", help="no progress bar")
+    bon.set_defaults(func=cmd_best_of_n)
     return parser
 
 
