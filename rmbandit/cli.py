@@ -196,7 +196,9 @@ def cmd_replay(args) -> int:
         pairs, table = replay.load_replay(args.pairs, labels, pool, args.hf_split or "test", log=print)
         offline = None if args.train_labels is None else replay.offline_from_table(
             args.train_labels, table.rm_names, featuriser, args.features_dir)
-        names = router_names(args.routers) or replay.router_names(table.rm_names, lambdas or replay.LAMBDAS)
+        names = router_names(args.routers)
+        if names is None:
+            names = replay.router_names(table.rm_names, replay.LAMBDAS if lambdas is None else lambdas)
         contexts = replay.pair_features(pairs, featuriser, replay.feature_cache_path(labels, featuriser,
                                                                                       args.features_dir))
         run = dict(routers=names, seeds=range(args.seed, args.seed + seeds),

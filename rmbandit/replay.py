@@ -409,7 +409,9 @@ def check_settings(table: pool_labels.PoolLabels, contexts: np.ndarray, names: S
          f"must be one of {', '.join(simulate.GRANULARITIES)}, got {granularity!r}")
     need(len(seeds) >= 1 and all(isinstance(s, (int, np.integer)) and 0 <= s < 2**32 for s in seeds), "seeds",
          f"need at least one seed, each an integer in [0, 2**32), got {list(seeds)}")
-    need(len(names) > 0 and len(set(names)) == len(names), "routers", f"name each router once, got {list(names)}")
+    need(len(names) > 0, "routers", f"no router named; valid: {', '.join(router_names(table.rm_names, ()))}")
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    need(not twice, "routers", f"{', '.join(twice)} named more than once")
     for name in names:
         if name != ORACLE:
             try:
@@ -491,15 +493,15 @@ def markdown(results: dict) -> str:
             used = "; ".join(f"{c}: {rms[int(np.argmax(row))]} {100 * row.max():.0f}%" for c, row in zip(cats, util))
         lines.append(f"| {r['router']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
                      + " | ".join(f"{a:.3f}" for a in r["accuracy_per_category"])
-                     + f" | {r['seconds_per_1000']:.1f} | {r['calls_per_1000']:.0f} | {used} |")
+                     + f" | {r['seconds_per_1000']:.3g} | {r['calls_per_1000']:.3g} | {used} |")
     lines += ["", "Each RM on its own (from the table): accuracy, abstentions (no label), cost per 1k pairs:", "",
               "| RM | accuracy | " + " | ".join(cats) + " | abstains | s / 1k | calls / 1k |",
               "|---|---|" + "---|" * len(cats) + "---|---|---|"]
     per_cat = np.asarray(results["rm_accuracy_per_category"])
     for k, name in enumerate(rms):
         lines.append(f"| {name} | {results['rm_accuracy'][k]:.3f} | " + " | ".join(f"{a:.3f}" for a in per_cat[:, k])
-                     + f" | {results['rm_abstain'][k]:.3f} | {results['rm_cost_per_1000']['seconds'][k]:.1f} | "
-                       f"{results['rm_cost_per_1000']['calls'][k]:.0f} |")
+                     + f" | {results['rm_abstain'][k]:.3f} | {results['rm_cost_per_1000']['seconds'][k]:.3g} | "
+                       f"{results['rm_cost_per_1000']['calls'][k]:.3g} |")
     return "\n".join(lines) + "\n"
 
 

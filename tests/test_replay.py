@@ -329,6 +329,16 @@ def test_bad_replay_flags_name_the_flag(flags, message, tmp_path, capsys, monkey
     assert message in capsys.readouterr().err
 
 
+def test_without_a_table_the_pool_labels_the_pairs_and_the_table_is_saved(tmp_path):
+    path, _, _ = labelled_jsonl(tmp_path)
+    pool = [{"name": "longer", "kind": "verifier", "verifier": "length"}, {"name": "coin", "kind": "random"}]
+    pairs, table = replay.load_replay(str(path), tmp_path / "new.json", pool)
+    assert table.rm_names == ("longer", "coin") and table.source["jsonl"] == str(path)
+    np.testing.assert_array_equal(table.correct[:, 0], [len(p.chosen) < len(p.rejected) for p in pairs])
+    again = replay.load_replay(str(path), tmp_path / "new.json")[1]          # read back, not labelled again
+    np.testing.assert_array_equal(again.prefer, table.prefer)
+
+
 def test_cli_bad_router_and_bad_pairs_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(replay.FEATURISERS, "fake", lambda: replay.embedding_pair_features(fake_encoder))
     path, table_path, _ = labelled_jsonl(tmp_path)
@@ -336,6 +346,10 @@ def test_cli_bad_router_and_bad_pairs_file(tmp_path, capsys, monkeypatch):
             "--out", str(tmp_path / "o")]
     assert cli.main(base + ["--routers", "linucb,single:nobody"]) == 2
     assert "--routers: unknown router 'single:nobody'; valid: linucb" in capsys.readouterr().err
+    assert cli.main(base + ["--routers", ""]) == 2
+    assert "--routers: no router named; valid: linucb" in capsys.readouterr().err
+    assert cli.main(base + ["--routers", "oracle,exp3,oracle"]) == 2
+    assert "--routers: oracle named more than once" in capsys.readouterr().err
     path.write_text(path.read_text()[:-20])                          # truncated mid-line
     assert cli.main(base) == 2
     assert f"{path} line 12: not valid JSON" in capsys.readouterr().err
