@@ -158,12 +158,15 @@ def test_cost_aware_routers_trade_accuracy_for_cost():
     table = pool_labels.PoolLabels(RM_NAMES, prefer, np.array([0.0, 0.0, 1.0]) * n, np.ones(3) * n,
                                    tuple(map(str, range(n))), ("x",) * n, {})
     x = np.ones((n, 2), np.float32)
-    res = replay.replay(table, x, routers=["cost_aware@0", "cost_aware@10"], seeds=[0, 1], batch_size=8)
+    res = replay.replay(table, x, routers=["cost_aware@0", "cost_aware@10"], seeds=[0], batch_size=16)
     sweep = {p["lambda"]: p for p in replay.tradeoff(res)}
     assert set(sweep) == {0.0, 10.0}
     assert sweep[10.0]["seconds_per_1000"] < 0.5 * sweep[0.0]["seconds_per_1000"]
     assert sweep[0.0]["accuracy"] > sweep[10.0]["accuracy"] + 0.2
     assert res["config"]["leaderboard"].startswith("replayed pairs (in-sample")
+    setting = replay.Setting(replay.Offline(x, table.correct), RM_NAMES, table.cost_per_pair()["seconds"], "item")
+    state = replay.builder("cost_aware@10", RM_NAMES)(setting).init(replay.router_key(0, "x"), 3, 2)
+    np.testing.assert_allclose(state.bandit.arms.cost, [0.0, 0.0, 1.0])      # the bandit pays seconds per pair
 
 
 def test_bad_settings_name_the_parameter(table, contexts):
