@@ -11,6 +11,9 @@ Every router sees the same stream and the same pre-drawn RM outcomes (common ran
 numbers), so differences between routers are not sampling noise of the world.  Routing
 goes through ``rmbandit.routers`` (assign, then observe with the labels' correctness as
 an unshaped reward), the same code the training loop uses with losses.
+
+``rmbandit.replay`` runs the same routers on real labels: labelled pairs replayed through
+a real RM pool (``route`` is shared).
 """
 from __future__ import annotations
 

@@ -245,6 +245,21 @@ def test_hf_dataset_columns_map_rewardbench2():
         replay.pairs_from_dataset(flat, {"prompt": "question", "chosen": "good", "rejected": "bad"}, "ds")
 
 
+def test_hf_spec_loads_the_named_dataset_and_split(monkeypatch):
+    asked = []
+
+    def fake_load_dataset(name, split):             # never downloads: the column mapping is what is tested
+        asked.append((name, split))
+        return datasets.Dataset.from_dict({"prompt": ["p"], "chosen": [["c"]], "rejected": [["r1", "r2"]],
+                                           "subset": ["Safety"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    pairs = replay.load_pairs("hf:allenai/reward-bench-2", hf_split="filtered")
+    assert asked == [("allenai/reward-bench-2", "filtered")] and len(pairs) == 2
+    assert replay.pairs_source("hf:allenai/reward-bench-2", "filtered") == {"hf": "allenai/reward-bench-2",
+                                                                           "split": "filtered"}
+
+
 def labelled_jsonl(tmp_path, n=12):
     """A JSONL file of n pairs and a saved table for exactly those pairs."""
     rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}", "category": "ab"[i % 2]}
