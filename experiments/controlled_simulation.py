@@ -50,8 +50,13 @@ def main(argv=None):
                                                                 "timings": timings}, indent=1) + "\n")
     text = ("# Controlled simulation: the suite's test pairs replayed through the default pool\n\n"
             "Annotation accuracy = how often the routed RM's label agrees with the ground truth (mean ± sd over "
-            f"{args.seeds} seeds; a seed shuffles the pairs and the router keys).  Written by "
-            "`python experiments/controlled_simulation.py`.\n\n## One RM per pair\n\n" + replay.markdown(item)
+            f"{args.seeds} seeds; a seed shuffles the pairs and the router keys).  Contexts: MiniLM embeddings "
+            "e, e' of prompt+chosen and prompt+rejected as [e + e'; |e - e'|] (blind to which side is chosen).  "
+            "thompson_offline_prior's prior is a ridge regression of each RM's correctness on the TRAIN pairs' "
+            "contexts, standing in for BayesianRouter's offline router; best_single_rm is the best RM on the "
+            "TRAIN table; oracle takes the cheapest RM that is right on each pair.  Cost = each RM's measured "
+            "seconds and model calls per pair (from the table) times how often it was asked; majority_vote asks "
+            "every RM.  Written by `python experiments/controlled_simulation.py`.\n\n## One RM per pair\n\n" + replay.markdown(item)
             + "\n## One RM per batch of one category (LASeR-style)\n\n" + replay.markdown(batch).split("\n\nEach RM")[0]
             + "\n\n## Cost-aware Thompson sampling: reward = correct - lambda * RM seconds per pair\n\n"
             "| lambda | accuracy | RM s / 1k pairs | model calls / 1k pairs |\n|---|---|---|---|\n"
