@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replay: seeds to average over (default 5); a seed shuffles the pairs and the router keys")
     sim.add_argument("--lambdas", default=None,
                      help="replay: the cost-aware sweep, comma-separated lambdas >= 0 per RM-second of a pair "
-                          "(default 0,0.1,0.3,1,3)")
+                          "(default 0,0.03,0.1,0.3,1,3)")
     sim.add_argument("--featuriser", default=None,
                      help="replay: pair contexts (default minilm: [e + e'; |e - e'|] of MiniLM embeddings of "
                           "prompt+chosen and prompt+rejected; more via replay.register_featuriser)")

@@ -297,7 +297,7 @@ ROUTERS: dict[str, RouterBuilder] = {name: _synthetic(name) for name in simulate
 ORACLE = "oracle"
 SINGLE = "single:"            # single:<rm name>, one per RM of the table
 COST_AWARE = "cost_aware@"    # cost_aware@<lambda>
-LAMBDAS = (0.0, 0.1, 0.3, 1.0, 3.0)
+LAMBDAS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def register_router(name: str, build: RouterBuilder) -> None:
