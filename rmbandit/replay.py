@@ -526,7 +526,8 @@ def plot_tradeoff(results: dict, path) -> None:
                         textcoords="offset points", xytext=(3, 3))
     ax.set(xscale="symlog", xlabel="RM seconds per 1,000 pairs", ylabel="annotation accuracy",
            title="Annotation accuracy vs labelling cost")
-    ax.legend(fontsize=8, loc="lower right")
+    if sweep:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
