@@ -27,6 +27,7 @@ import hashlib
 import json
 import pathlib
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -239,8 +240,12 @@ def pair_features(pairs: Sequence[data.Pair], featuriser: str = "minilm", cache=
                          "it must return [pairs, dim]")
     x = np.concatenate([x, np.ones((len(pairs), 1), np.float32)], axis=1)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, key=key, features=x)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, key=key, features=x)
+        except OSError as err:          # a read-only table directory costs a recomputation, not the run
+            warnings.warn(f"could not cache the pair features at {cache} ({err.strerror}); they will be computed "
+                          "again next time: pass a writable --features-dir", RuntimeWarning, stacklevel=2)
     return x
 
 
@@ -426,7 +431,8 @@ def replay(table: pool_labels.PoolLabels, contexts: np.ndarray, routers: Sequenc
            seeds: Sequence[int] = range(5), batch_size: int = 16, granularity: str = "item",
            offline: Offline | None = None, lambdas: Sequence[float] = LAMBDAS,
            progress: Callable[[str], Callable] | None = None) -> dict:
-    """Replay the table's pairs through every router (default ``router_names``) for each seed.
+    """Replay the table's pairs through every router (default ``router_names(rm_names, lambdas)``:
+    ``lambdas`` only shapes that default) for each seed.
 
     ``offline``: the TRAIN pairs (leaderboard for best_single_rm, prior for the offline-prior
     routers); without it the replayed pairs themselves stand in, in-sample (the results say so).

@@ -311,6 +311,16 @@ def test_pair_features_are_symmetric_and_cached(tmp_path, monkeypatch):
         replay.pair_features(pairs, "nope")
 
 
+def test_an_unwritable_feature_cache_warns_and_the_features_still_come(tmp_path, monkeypatch):
+    monkeypatch.setitem(replay.FEATURISERS, "fake", lambda: replay.embedding_pair_features(fake_encoder))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    pairs = [replay.external_pair("p", "yes", "no")]
+    with pytest.warns(RuntimeWarning, match="could not cache the pair features at .*: pass a writable --features-dir"):
+        x = replay.pair_features(pairs, "fake", blocker / "f.npz")
+    assert x.shape == (1, 13)
+
+
 # ---------------------------------------------------------------- the command
 
 def test_cli_replays_a_jsonl_file(tmp_path, monkeypatch, capsys):
