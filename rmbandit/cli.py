@@ -68,7 +68,7 @@ def router_names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def prepare_output_dir(out: pathlib.Path) -> None:
+def prepare_output_dir(out: pathlib.Path, outputs=SIMULATE_OUTPUTS) -> None:
     """Create ``out`` and prove it takes files, before any work is done; raise ValueError
     naming --out otherwise."""
     try:
@@ -82,23 +82,56 @@ def prepare_output_dir(out: pathlib.Path) -> None:
             pass
     except OSError as err:
         raise ValueError(f"--out: cannot write into {out}: {err.strerror}; choose a writable --out") from None
-    for name in SIMULATE_OUTPUTS:
+    for name in outputs:
         if (out / name).is_dir():
             raise ValueError(f"--out: {out / name} is a directory, so {name} cannot be written; remove it "
                              "or choose another --out")
 
 
+SYNTHETIC_ONLY = ("dim",)
+REPLAY_ONLY = ("labels", "train_labels", "seeds", "lambdas", "featuriser", "pool", "hf_split", "features_dir")
+REPLAY_OUTPUTS = ("results.json", "results.md", "timings.json", "tradeoff.png")
+
+
+def synthetic_pairs(text: str) -> int | None:
+    """--pairs 4096 (a number: synthetic mode) -> 4096; a replay source (suite, a path, hf:<id>) -> None."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def check_mode_flags(args, replay: bool) -> None:
+    """A flag of the other mode is a mistake: name it and the mode it belongs to."""
+    wrong = REPLAY_ONLY if not replay else SYNTHETIC_ONLY
+    given = [name for name in wrong if getattr(args, name) is not None]
+    if given:
+        mode = ("replay mode (--pairs suite, a .jsonl path or hf:<id>)" if not replay
+                else "synthetic mode (--pairs <number>)")
+        raise ValueError(f"{flag(given[0])}: only for the {mode}; drop it or change --pairs")
+
+
 def cmd_simulate(args) -> int:
     from rmbandit import simulate
-    names = router_names(args.routers)
-    out = pathlib.Path(args.out)
+    count = synthetic_pairs(args.pairs)
     try:
-        simulate.check_settings(args.seed, args.pairs, args.batch_size, args.dim, args.granularity, names, flag)
-        prepare_output_dir(out)
+        check_mode_flags(args, replay=count is None)
     except ValueError as err:
         print(f"rmbandit simulate: error: {err}", file=sys.stderr)
         return 2
-    results = simulate.simulate(seed=args.seed, pairs=args.pairs, batch_size=args.batch_size, dim=args.dim,
+    if count is None:
+        return cmd_replay(args)
+    names = router_names(args.routers)
+    out = pathlib.Path(args.out)
+    batch_size = 64 if args.batch_size is None else args.batch_size
+    dim = 32 if args.dim is None else args.dim
+    try:
+        simulate.check_settings(args.seed, count, batch_size, dim, args.granularity, names, flag)
+        prepare_output_dir(out, SIMULATE_OUTPUTS)
+    except ValueError as err:
+        print(f"rmbandit simulate: error: {err}", file=sys.stderr)
+        return 2
+    results = simulate.simulate(seed=args.seed, pairs=count, batch_size=batch_size, dim=dim,
                                 granularity=args.granularity, routers=names, progress=_progress(args.quiet))
     timings = results.pop("timings")           # wall-clock: kept out of results.json, which is reproducible
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -108,6 +141,81 @@ def cmd_simulate(args) -> int:
     print(f"{cfg['pairs']} pairs, {len(cfg['rm_names'])} RMs, {cfg['granularity']} routing, seed {cfg['seed']}")
     print(format_table(results, timings))
     print(f"wrote {', '.join(str(out / name) for name in SIMULATE_OUTPUTS)}")
+    return 0
+
+
+def parse_lambdas(text: str | None) -> tuple[float, ...] | None:
+    """--lambdas "0,0.3,1" -> (0.0, 0.3, 1.0); None (flag absent) means the default sweep."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--lambdas: {text!r} is not a comma-separated list of numbers, e.g. 0,0.3,1") from None
+    if any(not v >= 0 for v in values):
+        raise ValueError(f"--lambdas: every lambda must be >= 0 (seconds of RM time traded per unit of "
+                         f"accuracy), got {text!r}")
+    return values
+
+
+def read_pool(path: str | None):
+    """--pool entries.json: a JSON list of RM config entries (rewards.pool); None: the default pool."""
+    if path is None:
+        return None
+    try:
+        entries = json.loads(pathlib.Path(path).read_text())
+    except OSError as err:
+        raise ValueError(f"--pool: cannot read {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--pool: {path} is not valid JSON ({err.msg}, line {err.lineno}); it must be a list "
+                         'of RM entries like [{"name": "numbers", "kind": "verifier", "verifier": "numeric"}]') from None
+    from rmbandit.rewards.pool import check_entries
+    if not isinstance(entries, list):
+        raise ValueError(f"--pool: {path} must hold a JSON list of RM entries, got {type(entries).__name__}")
+    check_entries(entries)
+    return entries
+
+
+def cmd_replay(args) -> int:
+    """The controlled simulation on real labels (rmbandit.replay)."""
+    from rmbandit import replay
+    out = pathlib.Path(args.out)
+    seeds = 5 if args.seeds is None else args.seeds
+    featuriser = args.featuriser or "minilm"
+    try:
+        if seeds < 1:
+            raise ValueError(f"--seeds: must be at least 1, got {seeds}")
+        if not 0 <= args.seed <= 2**32 - seeds:
+            raise ValueError(f"--seed: must be in [0, 2**32 - --seeds], got {args.seed}")
+        if featuriser not in replay.FEATURISERS:
+            raise ValueError(f"--featuriser: unknown {featuriser!r}; registered: {', '.join(replay.FEATURISERS)}")
+        lambdas = parse_lambdas(args.lambdas)
+        pool = read_pool(args.pool)
+        prepare_output_dir(out, REPLAY_OUTPUTS)
+        labels = args.labels or out / "pool_labels.json"      # labelled once, then reused
+        pairs, table = replay.load_replay(args.pairs, labels, pool, args.hf_split or "test", log=print)
+        offline = None if args.train_labels is None else replay.offline_from_table(
+            args.train_labels, table.rm_names, featuriser, args.features_dir)
+        names = router_names(args.routers)
+        if names is None:
+            names = replay.router_names(table.rm_names, replay.LAMBDAS if lambdas is None else lambdas)
+        contexts = replay.pair_features(pairs, featuriser, replay.feature_cache_path(labels, featuriser,
+                                                                                      args.features_dir))
+        run = dict(routers=names, seeds=range(args.seed, args.seed + seeds),
+                   batch_size=16 if args.batch_size is None else args.batch_size, granularity=args.granularity)
+        replay.check_settings(table, contexts, names, run["seeds"], run["batch_size"], run["granularity"], flag)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rmbandit simulate: error: {err}", file=sys.stderr)
+        return 2
+    results = replay.replay(table, contexts, offline=offline, progress=_progress(args.quiet), **run)
+    timings = results.pop("timings")
+    results["tradeoff"] = replay.tradeoff(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(replay.markdown(results))
+    (out / "timings.json").write_text(json.dumps({"seconds": timings}, indent=1))
+    replay.plot_tradeoff(results, out / "tradeoff.png")
+    print(replay.markdown(results))
+    print(f"wrote {', '.join(str(out / name) for name in REPLAY_OUTPUTS)}")
     return 0
 
 
@@ -146,17 +254,51 @@ def cmd_best_of_n(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmbandit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("simulate", help="controlled routing simulation with simulated reward models")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--pairs", type=int, default=4096)
-    sim.add_argument("--batch-size", type=int, default=64)
-    sim.add_argument("--dim", type=int, default=32)
+    sim = sub.add_parser(
+        "simulate", help="controlled routing simulation: simulated RMs, or real labelled pairs replayed through a pool",
+        description="Synthetic mode (--pairs <number>): simulated RMs whose accuracy depends on the category. "
+                    "Replay mode (--pairs suite | file.jsonl | hf:<dataset id>): every RM of a real pool has labelled "
+                    "every pair once (a saved table); each router picks an RM per pair or per batch and its label is "
+                    "looked up; reports annotation accuracy over --seeds, the oracle rate, RM utilisation per "
+                    "category, cost per 1,000 pairs and the cost-aware accuracy/cost trade-off.")
+    sim.add_argument("--pairs", default="4096",
+                     help="a number: that many synthetic pairs (default 4096); 'suite': the bundled suite's pairs "
+                          "(rebuilt from --labels' source, else the test split); a .jsonl file, one "
+                          '{"prompt", "chosen", "rejected", "category"} object a line; or hf:<dataset id> '
+                          "(needs a network; RewardBench 2's columns: prompt, chosen, rejected, subset)")
+    sim.add_argument("--seed", type=int, default=0, help="the seed (replay: the first of --seeds)")
+    sim.add_argument("--batch-size", type=int, default=None, help="pairs per router call (default 64; replay 16)")
+    sim.add_argument("--dim", type=int, default=None, help="synthetic mode: context width (default 32)")
     sim.add_argument("--granularity", choices=("item", "batch"), default="item",
-                     help="item: one RM per pair (BayesianRouter); batch: one RM per batch (LASeR)")
+                     help="item: one RM per pair (BayesianRouter); batch: one RM per batch (LASeR; replay batches "
+                          "hold one category)")
     sim.add_argument("--routers", default=None,
-                     help="comma-separated subset (default: all; an unknown name lists the valid ones)")
+                     help="comma-separated subset (default: all; an unknown name lists the valid ones); replay adds "
+                          "single:<rm>, cost_aware@<lambda> and oracle")
+    sim.add_argument("--labels", default=None,
+                     help="replay: the pool-label table (rewards.labels, e.g. experiments/results/"
+                          "pool_labels_test.json); checked against the pairs; missing: the pool labels the pairs "
+                          "and the table is saved there (default <out>/pool_labels.json)")
+    sim.add_argument("--train-labels", default=None,
+                     help="replay: the suite's TRAIN table: the leaderboard for best_single_rm and the offline "
+                          "prior (default: the replayed pairs, in-sample)")
+    sim.add_argument("--seeds", type=int, default=None,
+                     help="replay: seeds to average over (default 5); a seed shuffles the pairs and the router keys")
+    sim.add_argument("--lambdas", default=None,
+                     help="replay: the cost-aware sweep, comma-separated lambdas >= 0 per RM-second of a pair "
+                          "(default 0,0.03,0.1,0.3,1,3)")
+    sim.add_argument("--featuriser", default=None,
+                     help="replay: pair contexts (default minilm: [e + e'; |e - e'|] of MiniLM embeddings of "
+                          "prompt+chosen and prompt+rejected; more via replay.register_featuriser)")
+    sim.add_argument("--features-dir", default=None,
+                     help="replay: where the contexts' .npz cache goes (default beside the table)")
+    sim.add_argument("--pool", default=None,
+                     help="replay: a JSON list of RM entries to label pairs with when there is no table "
+                          "(default rewards.pool.DEFAULT_POOL)")
+    sim.add_argument("--hf-split", default=None, help="replay with hf:<id>: the dataset split (default test)")
     sim.add_argument("--out", default="runs/simulate",
-                     help="directory for " + ", ".join(SIMULATE_OUTPUTS) + " (created; checked before the run)")
+                     help="directory for " + ", ".join(SIMULATE_OUTPUTS) + " (replay: " + ", ".join(REPLAY_OUTPUTS)
+                          + "); created and checked before the run")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
     train = sub.add_parser("train", help="iterative DPO with RM routing (LASeR by default)",

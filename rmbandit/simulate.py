@@ -11,6 +11,9 @@ Every router sees the same stream and the same pre-drawn RM outcomes (common ran
 numbers), so differences between routers are not sampling noise of the world.  Routing
 goes through ``rmbandit.routers`` (assign, then observe with the labels' correctness as
 an unshaped reward), the same code the training loop uses with losses.
+
+``rmbandit.replay`` runs the same routers on real labels: labelled pairs replayed through
+a real RM pool (``route`` is shared).
 """
 from __future__ import annotations
 
@@ -181,29 +184,45 @@ def check_settings(seed: int, pairs: int, batch_size: int, dim: int, granularity
         need(not twice, "routers", f"{', '.join(twice)} named more than once")
 
 
-def run_router(router: routing.Router, stream: Stream, key: jax.Array,
-               progress: Callable = lambda it: it) -> np.ndarray:
-    """Route the stream, feeding back label correctness; return the RM that labelled each
-    pair [T, B] (routing.ALL_RMS where every RM did)."""
-    steps, rows, k = stream.correct.shape
-    state = router.init(key, k, stream.contexts.shape[-1])
+def route(router: routing.Router, contexts, correct, key: jax.Array, keep=None,
+          progress: Callable = lambda it: it) -> list[np.ndarray]:
+    """Route batches in order, feeding back label correctness: ``contexts[t]`` [B_t, d],
+    ``correct[t]`` [B_t, K] (every RM's label right or not), ``keep[t]`` [B_t, K] (the RM gave
+    a label at all; None: all did).  Batches may differ in size.  Returns the RM that
+    labelled each item of each batch (routing.ALL_RMS where every RM did)."""
+    state = router.init(key, correct[0].shape[-1], contexts[0].shape[-1])
     assign, observe = jax.jit(router.assign), jax.jit(router.observe)
-    chosen = np.zeros((steps, rows), np.int32)
-    for t in progress(range(steps)):
-        state, assignment = assign(state, stream.contexts[t], jax.random.fold_in(key, t))
-        chosen[t] = np.asarray(routing.check(assignment).rms)
-        state = observe(state, assignment, routed_correct(stream.correct[t], chosen[t]).astype(np.float32))
+    chosen = []
+    for t in progress(range(len(contexts))):
+        state, assignment = assign(state, contexts[t], jax.random.fold_in(key, t))
+        chosen.append(np.asarray(routing.check(assignment).rms, np.int32))
+        right = routed_correct(correct[t], chosen[-1], None if keep is None else keep[t])
+        state = observe(state, assignment, right.astype(np.float32))
     return chosen
 
 
-def routed_correct(correct: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+def run_router(router: routing.Router, stream: Stream, key: jax.Array,
+               progress: Callable = lambda it: it) -> np.ndarray:
+    """Route the synthetic stream; return the RM that labelled each pair [T, B]."""
+    return np.stack(route(router, stream.contexts, stream.correct, key, progress=progress))
+
+
+def routed_correct(correct: np.ndarray, chosen: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """Whether each pair's label is right: its RM's label, or the majority of all RMs'
-    (a tie keeps no pair, so it is not a right label)."""
+    that gave one (``keep``; default all did).  A tie keeps no pair, so it is not a right label."""
     single = np.take_along_axis(correct, np.maximum(chosen, 0)[..., None], -1)[..., 0]
     k = correct.shape[-1]
-    a_wins, keep = routing.majority(correct.reshape(-1, k))
-    voted = (a_wins & keep).reshape(chosen.shape)
+    a_wins, kept = routing.majority(correct.reshape(-1, k), None if keep is None else np.reshape(keep, (-1, k)))
+    voted = (a_wins & kept).reshape(chosen.shape)
     return np.where(chosen == routing.ALL_RMS, voted, single)
+
+
+def utilisation(chosen: np.ndarray, category: np.ndarray, num_categories: int, num_rms: int) -> np.ndarray:
+    """[C, K]: the share of category c's labels that RM k gave (an ensemble pair counts for every RM)."""
+    labels = routing.rm_mask(np.reshape(chosen, -1), num_rms)
+    category = np.reshape(category, -1)
+    return np.stack([labels[category == c].sum(0) / max(labels[category == c].sum(), 1)
+                     for c in range(num_categories)])
 
 
 def evaluate(name: str, chosen: np.ndarray, stream: Stream, world: World) -> dict:
@@ -215,14 +234,11 @@ def evaluate(name: str, chosen: np.ndarray, stream: Stream, world: World) -> dic
     correct = routed_correct(stream.correct.reshape(-1, k), flat)
     single = np.take_along_axis(acc, np.maximum(flat, 0)[:, None], 1)[:, 0]
     expected = np.where(flat == routing.ALL_RMS, majority_accuracy(acc), single)
-    labels = routing.rm_mask(flat, k)                  # [N, K] which RMs labelled each pair
-    cats = stream.category.reshape(-1)
-    utilisation = np.stack([labels[cats == c].sum(0) / max(labels[cats == c].sum(), 1)
-                            for c in range(len(world.config.categories))])
     regret = np.cumsum(best - expected)
     return {"router": name, "accuracy": float(np.mean(correct)), "expected_accuracy": float(expected.mean()),
             "final_regret": float(regret[-1]), "regret_curve": regret[:: max(1, len(regret) // 256)].tolist(),
-            "utilisation": utilisation.tolist(), "rm_calls": int(labels.sum())}
+            "utilisation": utilisation(flat, stream.category, len(world.config.categories), k).tolist(),
+            "rm_calls": int(routing.rm_mask(flat, k).sum())}
 
 
 def simulate(seed: int = 0, pairs: int = 4096, batch_size: int = 64, dim: int = 32,
