@@ -75,3 +75,68 @@ def test_routing_config_errors_name_the_key(tmp_path, policy_dir, router, messag
     path = write_config(tmp_path, policy_dir, router=router)
     with pytest.raises(ValueError, match=message):
         quiet_trainer(load(path))
+
+
+@pytest.mark.parametrize("name", ["score_ensemble", "agreement_ensemble", "majority_vote", "uwo", "online_ensemble"])
+def test_ensembles_ask_every_rm_and_train_on_the_combined_labels(tmp_path, policy_dir, name):
+    path = write_config(tmp_path, policy_dir, router={"name": name, "empty_batch_loss": None, "candidates": 3},
+                        sampling={"num_samples": 4, "pairs_per_prompt": 2})
+    trainer = quiet_trainer(load(path))
+    before = trainer.fresh_state()
+    calls = [rm.cost.items for rm in trainer.pool]
+    after, row = trainer.train_batch(before, 0)
+    # every RM scored every sample; each pair counts for every RM
+    assert [rm.cost.items - c for rm, c in zip(trainer.pool, calls)] == [16, 16]
+    assert row["rm"] == "mixed" and row["rm_pairs"] == {"numbers": row["pairs"], "noisy": row["pairs"]}
+    assert row["pairs"] > 0 and np.isfinite(row["loss"])
+    if name == "online_ensemble":
+        # two noisy RMs disagree on some pairs: the one whose labels the policy fits better gains
+        # weight (from the second batch: on the first, pi = pi_ref and every pair's margin is 0)
+        path = write_config(tmp_path, policy_dir, router={"name": name, "empty_batch_loss": None},
+                            pool=[POOL[1], {**POOL[1], "name": "noisier", "seed": 1}])
+        trainer = quiet_trainer(load(path))
+        before, _ = trainer.train_batch(trainer.fresh_state(), 0)
+        after, row = trainer.train_batch(before, 1)
+
+        def weights(state):
+            contexts = np.ones((1, trainer.context_dim), np.float32)
+            return np.asarray(trainer.router.assign(state["router"], contexts, jax.random.key(0))[1].scores[0])
+
+        assert not np.allclose(weights(after), weights(before)) and row["bandit_reward"] is not None
+    else:
+        assert row["bandit_reward"] is None
+
+
+def test_uwo_weighs_each_pair_by_the_share_of_rms_agreeing(tmp_path, policy_dir, monkeypatch):
+    """numbers abstains on every pair of this policy: the majority is noisy's label alone, so
+    every UWO pair weighs 1/2, and the step's loss is still the weighted mean of the pair losses."""
+    path = write_config(tmp_path, policy_dir, router={"name": "uwo", "empty_batch_loss": None})
+    trainer = quiet_trainer(load(path))
+    seen = {}
+    step = trainer._step
+
+    def spy(state, base, batch):
+        seen["valid"] = np.asarray(batch.valid)
+        return step(state, base, batch)
+
+    monkeypatch.setattr(trainer, "_step", spy)
+    trainer.train_batch(trainer.fresh_state(), 0)
+    assert set(np.unique(seen["valid"])) <= {0.0, 0.5} and (seen["valid"] == 0.5).any()
+
+
+def test_the_classifier_router_learns_from_a_pool_label_table(tmp_path, policy_dir):
+    from rmbandit import data
+    from rmbandit.rewards import labels, pool
+    source = {"split": "train", "per_category": 3, "seed": 0}
+    tasks = data.load_suite("train", size_per_category=3, seed=0)
+    table = labels.label_with_pool(pool.build_pool(POOL, tasks), data.make_pairs(tasks, seed=0), source)
+    labels.save(table, tmp_path / "table.json")
+    path = write_config(tmp_path, policy_dir, router={"name": "classifier", "labels": str(tmp_path / "table.json")})
+    trainer = quiet_trainer(load(path))
+    state, row = trainer.train_batch(trainer.fresh_state(), 0)
+    assert row["rm"] in ("numbers", "noisy") and np.asarray(state["router"].counts).sum() == 4
+
+    other = write_config(tmp_path, policy_dir, pool=POOL[::-1], router={"name": "classifier",
+                                                                       "labels": str(tmp_path / "table.json")})
+    with pytest.raises(ValueError, match="labels pairs with RMs.*label the pairs with this pool"):
+        quiet_trainer(load(other))

@@ -14,7 +14,8 @@ from rmbandit.training.step import StepConfig
 # one RM per batch (LASeR and its baselines), every RM per batch (ensembles), one RM per pair
 PER_BATCH_ROUTERS = ("laser", "laser_exp3", "laser_neural_ucb", "single_rm", "random", "round_robin", "classifier")
 PER_PAIR_ROUTERS = ("bayesian", "random_pair")
-ROUTERS = PER_BATCH_ROUTERS + PER_PAIR_ROUTERS
+ENSEMBLE_ROUTERS = ("score_ensemble", "agreement_ensemble", "majority_vote", "uwo", "online_ensemble")
+ROUTERS = PER_BATCH_ROUTERS + PER_PAIR_ROUTERS + ENSEMBLE_ROUTERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,10 @@ class RouterConfig:
     light_rms: int = 3                     # C of the light-advantage reward
     online: bool = True                    # False: the offline router alone (w/o online)
     mix: float | None = None               # weighted score: alpha of the offline BT scores' softmax
+    candidates: int = 100                  # agreement_ensemble: random candidate pairs per prompt (LASeR: 100)
+    learning_rate: float = 1.0             # online_ensemble: multiplicative-weights step
+    # classifier: the pool-label table (experiments/pool_labels.py) whose pairs train it
+    labels: str = "experiments/results/pool_labels_train.json"
     # RMs of the pool that join mid-run (LASeR): absent until global batch join_batch, then new
     # arms with fresh statistics while the others keep theirs
     join: tuple[str, ...] = ()
@@ -171,9 +176,16 @@ def check(config: TrainConfig) -> None:
         need(1 <= config.router.join_batch < config.total_batches,
              f"router.join_batch must be a batch of the run, in [1, {config.total_batches - 1}], got "
              f"{config.router.join_batch}")
-    if config.router.name in PER_PAIR_ROUTERS:
-        need(config.router.empty_batch_loss is None, "router.empty_batch_loss is for per-batch routers; a per-pair "
-                                                     "router learns only from the pairs that formed")
+    learns_from_relabelled = (config.router.name == "online_ensemble" or
+                              (config.router.name == "bayesian" and config.router.reward != "baseline"))
+    if learns_from_relabelled:
+        need(config.step.loss == "dpo", f"router.name={config.router.name} (reward {config.router.reward}) learns "
+                                        "from each pair's DPO loss under every RM's label: it needs step.loss=dpo, got "
+                                        f"{config.step.loss}")
+    if config.router.name in ENSEMBLE_ROUTERS or config.router.name in PER_PAIR_ROUTERS:
+        need(config.router.empty_batch_loss is None,
+             f"router.empty_batch_loss is for per-batch routers (one RM per batch); router.name={config.router.name} "
+             "learns only from pairs that formed")
     need(len(config.pool) >= 1, "pool is empty: name at least one RM (see rmbandit.rewards.pool.DEFAULT_POOL)")
     if config.router.name == "single_rm":
         need(config.router.rm in names, f"router.rm must name an RM of the pool for router.name=single_rm; "

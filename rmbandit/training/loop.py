@@ -32,10 +32,12 @@ from rmbandit import config as config_lib
 from rmbandit import bandits, data, parallel, routers, text
 from rmbandit.models import load_pretrained, load_tokenizer, prompt_embeddings
 from rmbandit.models.sampling import bucket, generate
+from rmbandit.rewards import labels as labels_lib
 from rmbandit.rewards import pool as pool_lib
 from rmbandit.training import report
 from rmbandit.training import step as step_lib
-from rmbandit.training.config import PER_PAIR_ROUTERS, TrainConfig, check
+from rmbandit.training import ensembles
+from rmbandit.training.config import ENSEMBLE_ROUTERS, PER_PAIR_ROUTERS, TrainConfig, check
 from rmbandit.training.evaluate import accuracy_by_category, decode_responses
 from rmbandit.training.pairs import candidate_pairs, labelled, sample_pairs
 
@@ -59,6 +61,10 @@ def make_router(config: TrainConfig, rm_names: list[str], offline=None) -> route
         return routers.uniform_random("batch", history=cfg.history)
     if cfg.name == "round_robin":
         return routers.round_robin("batch", history=cfg.history)
+    if cfg.name == "online_ensemble":
+        return routers.online_ensemble(learning_rate=cfg.learning_rate)
+    if cfg.name in ENSEMBLE_ROUTERS:          # every RM labels; ENSEMBLE_RULES combine their scores
+        return routers.majority_vote()
     if cfg.name == "random_pair":
         return routers.uniform_random("item", history=cfg.history)
     if cfg.name == "bayesian":
@@ -69,9 +75,20 @@ def make_router(config: TrainConfig, rm_names: list[str], offline=None) -> route
     raise ValueError(f"router.name {cfg.name!r} is not a training router")
 
 
+# how the ensembles turn every RM's scores [K, prompts, n] into weighted pairs
+ENSEMBLE_RULES = {
+    "score_ensemble": lambda scores, per_prompt, key, cfg, weights: ensembles.score_ensemble(scores, per_prompt, key),
+    "agreement_ensemble": lambda scores, per_prompt, key, cfg, weights: ensembles.agreement_ensemble(
+        scores, per_prompt, key, candidates=cfg.candidates),
+    "majority_vote": lambda scores, per_prompt, key, cfg, weights: ensembles.majority_vote(scores, per_prompt, key),
+    "uwo": lambda scores, per_prompt, key, cfg, weights: ensembles.uwo(scores, per_prompt, key),
+    "online_ensemble": lambda scores, per_prompt, key, cfg, weights: ensembles.weighted_score_ensemble(
+        scores, weights, per_prompt, key),
+}
+
+
 class _NoFeatures:
     """Per-pair routers that ignore contexts (random per pair) route on a constant."""
-    dim = 1
 
     def features(self, prompts, a, b):
         return np.ones((len(prompts), 1), np.float32)
@@ -144,8 +161,12 @@ class Trainer:
         self.per_pair = config.router.name in PER_PAIR_ROUTERS
         # per-pair routers route on the offline router's pair features (its encoder, its width)
         self.offline = load_offline_router(config.router.offline, self.rm_names) if self.per_pair else None
-        self.context_dim = self.offline.dim if self.per_pair else self.model.config.hidden_size
-        self.router = make_router(config, self.rm_names, self.offline)
+        self.context_dim = (self.offline.prior_mean().shape[1] if self.per_pair and config.router.offline is not None
+                            else 1 if self.per_pair else self.model.config.hidden_size)
+        self.router = (self._classifier_router() if config.router.name == "classifier"
+                       else make_router(config, self.rm_names, self.offline))
+        self.relabels = config.router.name == "online_ensemble" or (
+            config.router.name == "bayesian" and config.router.reward != "baseline")
         self.eos_ids = tuple(sorted({self.tokenizer.eos_token_id} - {None}))
         self.pad_id = text.pad_id(self.tokenizer)
         self._compile()
@@ -289,12 +310,13 @@ class Trainer:
             else:
                 rms, router_state, assignment, pairs = self._route_batch(state, samples, ids, mask, prompts,
                                                                          responses, route_key, pair_key, times)
-            valid = np.asarray(pairs.valid)
+            valid = np.asarray(pairs.valid) > 0          # an ensemble's pairs carry weights
             pair_rms = rms if self.per_pair else np.repeat(rms, cfg.sampling.pairs_per_prompt)
 
             row = {"step": step, "iteration": iteration, "batch": index, "category": category_of(tasks),
                    "rm": self.rm_names[rms[0]] if (rms == rms[0]).all() and rms[0] >= 0 else "mixed",
-                   "rm_pairs": {name: int(valid[pair_rms == k].sum()) for k, name in enumerate(self.rm_names)},
+                   "rm_pairs": {name: int(valid[(pair_rms == k) | (pair_rms == routers.ALL_RMS)].sum())
+                                for k, name in enumerate(self.rm_names)},
                    "pairs": int(valid.sum())}
             state = {**state, "router": router_state}
             if not valid.any():
@@ -323,7 +345,14 @@ class Trainer:
                         "override to resume from that checkpoint.")
                 # 5. learn
                 clock = time.perf_counter()
-                if self.per_pair:      # each routed pair's own loss; tied pairs taught nothing
+                if self.relabels:      # each pair's loss under every (queried) RM's label
+                    losses = self._losses_under_rms(pairs, valid, np.asarray(metrics["margin"]), prompts, responses,
+                                                    assignment, jax.random.fold_in(route_key, 1))
+                    observed = np.isfinite(losses).sum(1) >= (1 if self.per_pair else 0) + 1
+                    if self.per_pair:
+                        assignment = assignment._replace(arms=np.where(observed, assignment.arms, bandits.NO_ARM))
+                    reward, router_state = self._learn(router_state, assignment, losses)
+                elif self.per_pair:    # each routed pair's own loss; tied pairs taught nothing
                     losses = np.where(valid, np.asarray(metrics["losses"]), np.nan).astype(np.float32)
                     assignment = assignment._replace(arms=np.where(valid, assignment.arms, bandits.NO_ARM))
                     reward, router_state = self._learn(router_state, assignment, losses)
@@ -347,6 +376,71 @@ class Trainer:
             reward = float(np.nanmean(shaped)) if np.isfinite(shaped).any() else None
         return reward, self._observe(router_state, assignment, signal)
 
+    def _losses_under_rms(self, pairs, valid, margin, prompts, responses, assignment, key) -> np.ndarray:
+        """[pairs, K] the DPO loss each trained pair would have had under each RM's label
+        (NaN: the RM was not asked, tied, or the slot holds no pair).  The online ensemble
+        has every RM's scores already; BayesianRouter's advantage rewards ask the RMs that
+        ``advantage_queries`` names (all, or C random ones besides the routed RM)."""
+        cfg, n = self.config, self.config.sampling.num_samples
+        k = len(self.pool)
+        rows = np.asarray(pairs.prompt) * n
+        chosen, rejected = rows + np.asarray(pairs.chosen), rows + np.asarray(pairs.rejected)
+        if not self.per_pair:
+            flat = self._scores.reshape(k, -1)
+            a, b = flat[:, chosen].T, flat[:, rejected].T                  # [pairs, K]
+            asked = np.isfinite(a) & np.isfinite(b) & (a != b)
+            agrees = a > b
+        else:
+            others = None if cfg.router.reward == "full_advantage" else cfg.router.light_rms
+            asked = np.asarray(routers.advantage_queries(key, np.asarray(assignment.arms), k, others))
+            asked = asked[:, np.argsort(self.arm_rms)] & valid[:, None]    # arms -> pool order
+            prefer = np.full(asked.shape, np.nan, np.float32)
+            routed = self._pool_rms(assignment.arms)
+            prefer[np.arange(len(routed)), routed] = 1.0        # the routed RM's label is the trained one
+            prompt_of = [prompts[i] for i in np.asarray(pairs.prompt)]
+            for rm_index in range(k):
+                mine = np.flatnonzero(asked[:, rm_index] & (routed != rm_index))
+                if len(mine):
+                    prefer[mine, rm_index] = self.pool[rm_index].prefer(
+                        [prompt_of[i] for i in mine], [responses[i] for i in chosen[mine]],
+                        [responses[i] for i in rejected[mine]])
+            asked &= np.isfinite(prefer) & (prefer != 0.5)
+            agrees = prefer > 0.5
+        asked &= valid[:, None]
+        losses = np.asarray(routers.losses_under_labels(margin, cfg.step.beta, agrees, asked))
+        return losses[:, self.arm_rms]                                     # pool order -> arms
+
+    def _classifier_router(self) -> routers.Router:
+        """LASeR's classifier selection: an MLP on the policy's prompt embedding, trained on
+        the labelled pairs of a pool-label table to predict the RM with the largest correct
+        margin; it routes each batch to its most common prediction."""
+        cfg = self.config
+        table = labels_lib.load(cfg.router.labels)
+        if list(table.rm_names) != self.rm_names:
+            raise ValueError(f"router.labels={cfg.router.labels} labels pairs with RMs {list(table.rm_names)}, this pool "
+                             f"has {self.rm_names}; label the pairs with this pool (experiments/pool_labels.py)")
+        source = table.source
+        tasks = data.load_suite(source["split"], size_per_category=source["per_category"], seed=source["seed"])
+        pairs = data.make_pairs(tasks, seed=source["seed"])
+        labels_lib.check_pairs(table, pairs)
+        prompts = [p.task.prompt for p in pairs]
+        unique = sorted(set(prompts))
+        rows = []
+        with parallel.use_mesh(self.mesh):
+            for lo in range(0, len(unique), 16):
+                enc = text.encode_prompts(self.tokenizer, unique[lo:lo + 16], cfg.policy.max_prompt_tokens)
+                rows.append(np.asarray(prompt_embeddings(self.model, self.base, enc["input_ids"],
+                                                         enc["attention_mask"], cfg.router.pooling)))
+        embedding = np.concatenate(rows)[[unique.index(p) for p in prompts]]
+        p = np.clip(table.prefer.astype(np.float64), 1e-6, 1 - 1e-6)
+        labels, keep = routers.best_rm_labels(np.log(p) - np.log1p(-p))       # logit: the score margin
+        if not keep.any():
+            raise ValueError(f"router.labels={cfg.router.labels}: no RM labels any pair correctly; nothing to train "
+                             "the classifier on")
+        params, _ = routers.train_classifier(jax.random.fold_in(jax.random.key(cfg.seed), 4), embedding[keep],
+                                             labels[keep], len(self.pool))
+        return routers.classifier_router(params, "batch")
+
     def _pool_rms(self, arms) -> np.ndarray:
         """The router's arm indices -> the pool's RM indices (ALL_RMS stays)."""
         arms = np.asarray(arms)
@@ -364,13 +458,20 @@ class Trainer:
         times["time_router"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        scores = np.full((len(prompts), n), np.nan, np.float32)
-        for rm_index in np.unique(rms):
-            rows = np.flatnonzero(rms == rm_index)
-            flat = [r * n + j for r in rows for j in range(n)]
-            scores[rows] = self.pool[rm_index].score([prompts[i // n] for i in flat],
-                                                     [responses[i] for i in flat]).reshape(len(rows), n)
-        pairs = jax.device_get(self._pairs(scores, cfg.sampling.pairs_per_prompt, pair_key))
+        every = [prompts[i // n] for i in range(len(responses))]
+        if (rms == routers.ALL_RMS).all():      # an ensemble: every RM scores every sample
+            scores = np.stack([rm.score(every, responses).reshape(len(prompts), n) for rm in self.pool])
+            pairs, weight = ENSEMBLE_RULES[cfg.router.name](scores, cfg.sampling.pairs_per_prompt, pair_key,
+                                                            cfg.router, np.asarray(assignment.scores[0]))
+            pairs, self._scores = jax.device_get(pairs._replace(valid=weight)), scores
+        else:
+            scores = np.full((len(prompts), n), np.nan, np.float32)
+            for rm_index in np.unique(rms):
+                rows = np.flatnonzero(rms == rm_index)
+                flat = [r * n + j for r in rows for j in range(n)]
+                scores[rows] = self.pool[rm_index].score([every[i] for i in flat],
+                                                         [responses[i] for i in flat]).reshape(len(rows), n)
+            pairs = jax.device_get(self._pairs(scores, cfg.sampling.pairs_per_prompt, pair_key))
         times["time_score"] = time.perf_counter() - clock
         return rms, router_state, assignment, pairs
 
