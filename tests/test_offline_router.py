@@ -181,19 +181,6 @@ def test_the_head_learns_which_rm_is_right_for_which_pair(suite_pairs):
 # ---- a tiny real encoder ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, smol_tokenizer):
-    """A tiny random Llama saved by transformers with SmolLM2's tokenizer (so the chat
-    template is real)."""
-    pytest.importorskip("torch")
-    from tests.torch_oracle import save_tiny
-
-    directory = tmp_path_factory.mktemp("tiny_llama")
-    save_tiny(directory, "llama_tied_mha", vocab_size=len(smol_tokenizer))
-    smol_tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def few_pairs(suite_pairs):
     pairs = suite_pairs[::15]                             # 16 pairs over the four categories
     correct = np.zeros((len(pairs), 3), bool)
@@ -201,6 +188,39 @@ def few_pairs(suite_pairs):
     for i, p in enumerate(pairs):
         correct[i, cats.index(p.task.category) % 3] = True
     return pairs, table_for(pairs, correct, ("numbers", "format", "judge"))
+
+
+def word_tokenizer(texts):
+    """A word-level tokenizer of ``texts``' words with a ChatML template: real ids and a
+    real chat template in milliseconds (a big vocabulary's tokenizer takes seconds to load)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Whitespace()
+    words = sorted({w for t in list(texts) + ["user assistant"] for w, _ in split.pre_tokenize_str(t)})
+    specials = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>", "<pad>"]        # bos 1, eos 2, as LlamaConfig
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = split
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="<|im_end|>", pad_token="<pad>",
+                                        additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, few_pairs):
+    """A tiny random Llama saved by transformers, with a word-level ChatML tokenizer of the
+    pairs' words."""
+    pytest.importorskip("torch")
+    from tests.torch_oracle import save_tiny
+
+    tokenizer = word_tokenizer([t for p in few_pairs[0] for t in (p.prompt, p.chosen, p.rejected)])
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    save_tiny(directory, "llama_tied_mha", vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 def test_frozen_router_routes_texts_and_round_trips_bit_identically(tiny_llama, few_pairs, tmp_path):
