@@ -190,9 +190,9 @@ def few_pairs(suite_pairs):
     return pairs, table_for(pairs, correct, ("numbers", "format", "judge"))
 
 
-def word_tokenizer(texts):
-    """A word-level tokenizer of ``texts``' words with a ChatML template: real ids and a
-    real chat template in milliseconds (a big vocabulary's tokenizer takes seconds to load)."""
+def word_tokenizer(texts, chat: bool = True):
+    """A word-level tokenizer of ``texts``' words, with a ChatML template if ``chat``: real
+    ids (and template) in milliseconds (a big vocabulary's tokenizer takes seconds to load)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -204,23 +204,48 @@ def word_tokenizer(texts):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
                                         eos_token="<|im_end|>", pad_token="<pad>",
                                         additional_special_tokens=["<|im_start|>"])
-    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    if chat:
+        tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     return tokenizer
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, few_pairs):
-    """A tiny random Llama saved by transformers, with a word-level ChatML tokenizer of the
-    pairs' words."""
+def tiny_encoders(tmp_path_factory, few_pairs):
+    """{"llama": a tiny random Llama with a word-level ChatML tokenizer of the pairs' words,
+    "bert": a tiny random BERT with the same words, no template}, saved by transformers."""
     pytest.importorskip("torch")
-    from tests.torch_oracle import save_tiny
+    from tests.torch_oracle import save_tiny, save_tiny_bert
 
-    tokenizer = word_tokenizer([t for p in few_pairs[0] for t in (p.prompt, p.chosen, p.rejected)])
-    directory = tmp_path_factory.mktemp("tiny_llama")
-    save_tiny(directory, "llama_tied_mha", vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2)
-    tokenizer.save_pretrained(directory)
-    return directory
+    texts = [t for p in few_pairs[0] for t in (p.prompt, p.chosen, p.rejected)]
+    out = {"llama": tmp_path_factory.mktemp("tiny_llama"), "bert": tmp_path_factory.mktemp("tiny_bert")}
+    tokenizer = word_tokenizer(texts)
+    save_tiny(out["llama"], "llama_tied_mha", vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2)
+    tokenizer.save_pretrained(out["llama"])
+    tokenizer = word_tokenizer(texts, chat=False)
+    save_tiny_bert(out["bert"], vocab_size=len(tokenizer), max_position_embeddings=64)
+    tokenizer.save_pretrained(out["bert"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_encoders):
+    return tiny_encoders["llama"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_routing_embeds_pairs_as_training_does(tiny_encoders, few_pairs, kind):
+    """The micro-batched encoder call (routing, frozen training) and the pure ``embed``
+    (fine-tuning) give the same Enc(x || y): a router must see at routing time what it
+    trained on."""
+    pairs, _ = few_pairs
+    encoder = router_lib.PairEncoder(tiny_encoders[kind], max_tokens=256)
+    prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs]
+    batched = encoder(prompts, responses)
+    enc = encoder.inputs(prompts, responses)
+    direct = encoder.embed(encoder.params, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]))
+    np.testing.assert_allclose(batched, direct, rtol=2e-5, atol=2e-5)
+    assert len({tuple(np.round(row, 4)) for row in batched}) == len(pairs)       # the texts are told apart
 
 
 def test_frozen_router_routes_texts_and_round_trips_bit_identically(tiny_llama, few_pairs, tmp_path):
@@ -242,10 +267,11 @@ def test_frozen_router_routes_texts_and_round_trips_bit_identically(tiny_llama, 
     np.testing.assert_array_equal(loaded.route(prompts, a, b), router.scores(prompts, a, b).argmax(1))
 
 
-@pytest.mark.parametrize("finetune", ["lora", "full"])
-def test_finetuning_trains_the_encoder_and_keeps_the_frozen_parts(tiny_llama, few_pairs, tmp_path, finetune):
+@pytest.mark.parametrize("kind, finetune", [("llama", "lora"), ("llama", "full"), ("bert", "lora")])
+def test_finetuning_trains_the_encoder_and_keeps_the_frozen_parts(tiny_encoders, few_pairs, tmp_path, kind,
+                                                                  finetune):
     pairs, table = few_pairs
-    config = OfflineRouterConfig(encoder=str(tiny_llama), finetune=finetune, head_dim=8, epochs=6, batch_size=8,
+    config = OfflineRouterConfig(encoder=str(tiny_encoders[kind]), finetune=finetune, head_dim=8, epochs=6, batch_size=8,
                                  learning_rate=3e-3, lora_rank=4, max_tokens=256)
     encoder = router_lib.PairEncoder(config.encoder, max_tokens=config.max_tokens)
     base = jax.tree.map(np.asarray, encoder.params)
@@ -255,7 +281,8 @@ def test_finetuning_trains_the_encoder_and_keeps_the_frozen_parts(tiny_llama, fe
     changed = {jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(router.encoder.params)
                if not np.array_equal(np.asarray(v), flat_base[k])}
     if finetune == "lora":      # exactly the adapted projections moved
-        assert changed and all("q_proj" in k or "v_proj" in k for k in changed), changed
+        adapted = ("query", "value") if kind == "bert" else ("q_proj", "v_proj")
+        assert changed and all(any(name in k for name in adapted) for k in changed), changed
     else:
         assert any("mlp" in k for k in changed) and any("embed_tokens" in k for k in changed)
     prompts, a, b = [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]

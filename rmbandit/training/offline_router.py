@@ -50,6 +50,7 @@ from rmbandit.routers import offline as head_lib
 FORMAT = "rmbandit.offline_router/1"
 FINETUNE = ("frozen", "lora", "full")
 POOLINGS = ("last", "mean")
+DECODER_QV, BERT_QV = ("q_proj", "v_proj"), ("query", "value")     # LoRA's default targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,7 @@ class OfflineRouterConfig:
     max_tokens: int = 512                 # per encoded text (x || y); longer responses lose their tails first
     lora_rank: int = 16
     lora_alpha: float = 32.0
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_targets: tuple[str, ...] | None = None   # None: q/v projections (a decoder's q_proj, v_proj; BERT's query, value)
     dtype: str = "float32"
     seed: int = 0
 
@@ -92,7 +93,8 @@ class OfflineRouterConfig:
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"OfflineRouterConfig.encoder must be 'smollm2', 'minilm', a checkpoint directory or "
                              f"a .gguf file, got {self.encoder!r}")
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.lora_targets is not None:
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
     @property
     def num_epochs(self) -> int:
@@ -100,9 +102,9 @@ class OfflineRouterConfig:
             return self.epochs
         return 40 if self.finetune == "frozen" else 2
 
-    @property
-    def lora(self) -> lora_lib.LoraConfig:
-        return lora_lib.LoraConfig(self.lora_rank, self.lora_alpha, self.lora_targets)
+    def lora(self, bert_encoder: bool) -> lora_lib.LoraConfig:
+        targets = self.lora_targets or (BERT_QV if bert_encoder else DECODER_QV)
+        return lora_lib.LoraConfig(self.lora_rank, self.lora_alpha, targets)
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "the config") -> OfflineRouterConfig:
@@ -250,9 +252,9 @@ def make_optimizer(config: OfflineRouterConfig) -> optax.GradientTransformation:
                                              lambda tree: {name: name for name in tree}))
 
 
-def _encoder_params(config: OfflineRouterConfig, base, trained):
+def _encoder_params(config: OfflineRouterConfig, encoder: PairEncoder, base, trained):
     if config.finetune == "lora":
-        return lora_lib.merge_lora(base, trained, config.lora)
+        return lora_lib.merge_lora(base, trained, config.lora(encoder.is_bert))
     return trained if config.finetune == "full" else base
 
 
@@ -266,7 +268,7 @@ def make_train_step(config: OfflineRouterConfig, encoder: PairEncoder | None) ->
         if config.finetune == "frozen":
             e, e2 = batch.a, batch.b
         else:
-            params = _encoder_params(config, base, trained["encoder"])
+            params = _encoder_params(config, encoder, base, trained["encoder"])
             ids = jnp.concatenate([batch.a[0], batch.b[0]])      # both responses in one forward
             mask = jnp.concatenate([batch.a[1], batch.b[1]])
             e, e2 = jnp.split(encoder.embed(params, ids, mask), 2)
@@ -355,7 +357,7 @@ def train_offline_router(config: OfflineRouterConfig, pairs: Sequence, table: la
     base = None if encoder is None else encoder.params
     trained = {"head": head["params"]}
     if config.finetune == "lora":
-        trained["encoder"] = lora_lib.init_lora(key_lora, base, config.lora)
+        trained["encoder"] = lora_lib.init_lora(key_lora, base, config.lora(encoder.is_bert))
     elif config.finetune == "full":
         trained["encoder"] = base
     if config.finetune == "frozen":
@@ -382,7 +384,7 @@ def train_offline_router(config: OfflineRouterConfig, pairs: Sequence, table: la
         history.append({name: value / batches for name, value in totals.items()})
         log(f"epoch {epoch + 1}/{config.num_epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
     if config.finetune != "frozen":
-        encoder.params = _encoder_params(config, encoder.params, trained["encoder"])
+        encoder.params = _encoder_params(config, encoder, encoder.params, trained["encoder"])
     return OfflineRouter(config, tuple(table.rm_names), {"params": trained["head"], "input_norm": head["input_norm"]},
                          encoder, trained.get("encoder"), history)
 
@@ -478,7 +480,7 @@ def load(directory, rm_names: Sequence[str] | None = None, encoder: PairEncoder 
                          f"on {embed_dim}-dim ones: pass the encoder it was trained with ({config.encoder!r})")
     if trained is not None:
         trained = jax.tree.map(jnp.asarray, trained)
-        encoder.params = _encoder_params(config, encoder.params, trained)
+        encoder.params = _encoder_params(config, encoder, encoder.params, trained)
     return OfflineRouter(config, tuple(meta["rm_names"]), head, encoder, trained, meta.get("history", []))
 
 
