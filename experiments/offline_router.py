@@ -51,12 +51,13 @@ def cached_embeddings(config: router_lib.OfflineRouterConfig, pairs, cache: path
     if file.exists():
         saved = np.load(file)
         return saved["e"], saved["e2"]
-    if "encoder" not in state:
-        state["encoder"] = router_lib.PairEncoder(config.encoder, config.pooling, config.max_tokens, config.dtype)
+    name = (config.encoder, config.pooling, config.max_tokens)
+    if name not in state:
+        state[name] = router_lib.PairEncoder(config.encoder, config.pooling, config.max_tokens, config.dtype)
     start = time.perf_counter()
-    e, e2 = router_lib.encode_pairs(state["encoder"], [p.prompt for p in pairs], [p.chosen for p in pairs],
+    e, e2 = router_lib.encode_pairs(state[name], [p.prompt for p in pairs], [p.chosen for p in pairs],
                                     [p.rejected for p in pairs])
-    print(f"encoded {len(pairs)} pairs in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{config.encoder}: encoded {len(pairs)} pairs in {time.perf_counter() - start:.0f} s", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(file, e=e, e2=e2)
     return e, e2
@@ -96,6 +97,29 @@ def evaluate(config, train: Split, test: Split):
     return router, router_lib.evaluate(scores, test.table.correct, train.table.correct)
 
 
+def summary(per_seed) -> dict:
+    return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed)), "per_seed": [float(x) for x in per_seed]}
+
+
+def pooled(entries: list[dict]) -> dict:
+    """The OOD settings as one: every left-out category's pairs together (each seed's
+    accuracies weighted by the pairs they count)."""
+    out = {"pairs": sum(e["pairs"] for e in entries), "solvable_pairs": sum(e["solvable_pairs"] for e in entries),
+           "best_rm_name": "per category"}
+    for method, value in entries[0].items():
+        if not isinstance(value, dict):
+            continue
+        out[method] = {}
+        for part in ("solvable", "all"):
+            weights = np.array([e["solvable_pairs" if part == "solvable" else "pairs"] for e in entries], float)
+            if isinstance(value[part], dict):
+                seeds = np.array([e[method][part]["per_seed"] for e in entries])      # [settings, seeds]
+                out[method][part] = summary(weights @ seeds / weights.sum())
+            else:
+                out[method][part] = float(weights @ np.array([e[method][part] for e in entries]) / weights.sum())
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--labels-dir", default="experiments/results")
@@ -104,7 +128,7 @@ def main(argv=None):
     parser.add_argument("--encoder", default="smollm2")
     parser.add_argument("--finetune", default="frozen", choices=router_lib.FINETUNE)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     config = router_lib.OfflineRouterConfig(encoder=args.encoder, finetune=args.finetune, epochs=args.epochs,
@@ -114,16 +138,23 @@ def main(argv=None):
     if tables["train"].rm_names != tables["test"].rm_names:
         raise ValueError(f"the train and test tables label with different pools: {tables['train'].rm_names} vs "
                          f"{tables['test'].rm_names}")
+    pairs = {split: table_pairs(table) for split, table in tables.items()}
     state, cache = {}, pathlib.Path(args.cache)
-    splits = {}
-    for split, table in tables.items():
-        pairs = table_pairs(table)
-        splits[split] = Split(pairs, table, cached_embeddings(config, pairs, cache, state))
+
+    def settings_for(variant):
+        """The settings' splits with ``variant``'s encoder's embeddings."""
+        return settings(*(Split(pairs[split], tables[split], cached_embeddings(variant, pairs[split], cache, state))
+                          for split in ("train", "test")))
+
     variants = {"offline router": config, "w/o CLS": dataclasses.replace(config, lambda_cls=0.0)}
+    if args.encoder != "minilm":
+        variants["MiniLM encoder"] = dataclasses.replace(config, encoder="minilm", pooling="mean")
+    splits = {name: settings_for(variant) for name, variant in variants.items()}
     results = {}
-    for setting, (train, test) in settings(splits["train"], splits["test"]).items():
+    for setting in splits["offline router"]:
         entry = {}
         for name, variant in variants.items():
+            train, test = splits[name][setting]
             runs = []
             for seed in range(args.seeds):
                 start = time.perf_counter()
@@ -133,17 +164,17 @@ def main(argv=None):
                     router_lib.save(router, pathlib.Path(args.out) / "offline_router", overwrite=True)
                 print(f"{setting} / {name} / seed {seed}: {got['solvable']['router']:.3f} (solvable pairs), "
                       f"{got['all']['router']:.3f} (all) in {time.perf_counter() - start:.0f} s", flush=True)
-            entry[name] = {part: {"mean": float(np.mean([r[part]["router"] for r in runs])),
-                                  "std": float(np.std([r[part]["router"] for r in runs]))}
-                           for part in ("solvable", "all")}
+            entry[name] = {part: summary([r[part]["router"] for r in runs]) for part in ("solvable", "all")}
         for key in ("best_rm", "random", "oracle"):
             entry[key] = {part: runs[0][part][key] for part in ("solvable", "all")}
         correct = test.table.correct
         for k, rm in enumerate(test.table.rm_names):
-            entry[f"RM {rm}"] = {"solvable": float(correct[correct.any(1), k].mean()), "all": float(correct[:, k].mean())}
+            entry[f"RM {rm}"] = {"solvable": float(correct[correct.any(1), k].mean()),
+                                 "all": float(correct[:, k].mean())}
         entry.update(best_rm_name=train.table.rm_names[int(np.argmax(train.table.correct.mean(0)))],
                      pairs=runs[0]["pairs"], solvable_pairs=runs[0]["solvable_pairs"], train_pairs=len(train.pairs))
         results[setting] = entry
+    results["OOD all"] = pooled([results[s] for s in results if s.startswith("OOD ")])
     out = pathlib.Path(args.out)
     payload = {"config": dataclasses.asdict(config), "seeds": args.seeds, "rm_names": list(tables["train"].rm_names),
                "label_sources": {split: table.source for split, table in tables.items()}, "results": results}
@@ -155,14 +186,18 @@ def main(argv=None):
 def markdown(payload) -> str:
     results = payload["results"]
     settings = list(results)
-    methods = ["offline router", "w/o CLS", "best_rm", "random"] + [f"RM {n}" for n in payload["rm_names"]] + [
-        "oracle"]
-    label = {"best_rm": "always-best RM (on the training pairs)", "random": "random RM", "oracle": "oracle"}
-    lines = []
+    routers = [m for m in ("offline router", "w/o CLS", "MiniLM encoder") if m in results["ID"]]
+    methods = routers + ["best_rm", "random"] + [f"RM {n}" for n in payload["rm_names"]] + ["oracle"]
+    label = {"best_rm": "always-best RM (on the training pairs)", "random": "random RM", "oracle": "oracle",
+             "w/o CLS": "w/o CLS (lambda = 0)", "MiniLM encoder": "MiniLM encoder (mean pooling)"}
+    config = payload["config"]
+    lines = [f"Offline router: frozen {config['encoder']} encoder ({config['pooling']} pooling), head d = "
+             f"{config['head_dim']}, lambda = {config['lambda_cls']}; mean (std) over {payload['seeds']} seeds for "
+             "the trained routers.", ""]
     for part, title in (("solvable", "pairs some RM gets right (the paper's protocol)"), ("all", "all pairs")):
-        lines += [f"Routing accuracy, {title}; mean (std) over {payload['seeds']} seeds for the trained routers:", "",
-                  "| method | " + " | ".join(f"{s} ({results[s]['solvable_pairs' if part == 'solvable' else 'pairs']})"
-                                              for s in settings) + " |",
+        count = "solvable_pairs" if part == "solvable" else "pairs"
+        lines += [f"Routing accuracy on {title}:", "",
+                  "| method | " + " | ".join(f"{s} ({results[s][count]})" for s in settings) + " |",
                   "|---|" + "---|" * len(settings)]
         for m in methods:
             cells = []
@@ -172,10 +207,9 @@ def markdown(payload) -> str:
             lines.append(f"| {label.get(m, m)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["ID: train on the train split's pairs, test on the test split's (other tasks of the same categories). "
-              "OOD c: train on the train pairs of the other categories, test on every pair of c. "
-              "Always-best RM per setting: " + ", ".join(f"{s}: {results[s]['best_rm_name']}" for s in settings) + ".",
-              f"Encoder: {payload['config']['encoder']} ({payload['config']['finetune']}, "
-              f"{payload['config']['pooling']} pooling), head d = {payload['config']['head_dim']}.", ""]
+              "OOD c: train on the train pairs of the other three categories, test on every pair of c (train and "
+              "test split). Always-best RM: the RM most often right on the training pairs ("
+              + ", ".join(f"{s}: {results[s]['best_rm_name']}" for s in settings) + ").", ""]
     return "\n".join(lines)
 
 

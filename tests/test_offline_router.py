@@ -271,8 +271,8 @@ def test_frozen_router_routes_texts_and_round_trips_bit_identically(tiny_llama, 
 def test_finetuning_trains_the_encoder_and_keeps_the_frozen_parts(tiny_encoders, few_pairs, tmp_path, kind,
                                                                   finetune):
     pairs, table = few_pairs
-    config = OfflineRouterConfig(encoder=str(tiny_encoders[kind]), finetune=finetune, head_dim=8, epochs=6, batch_size=8,
-                                 learning_rate=3e-3, lora_rank=4, max_tokens=256)
+    config = OfflineRouterConfig(encoder=str(tiny_encoders[kind]), finetune=finetune, head_dim=8, epochs=6,
+                                 batch_size=8, learning_rate=3e-3, lora_rank=4, max_tokens=256)
     encoder = router_lib.PairEncoder(config.encoder, max_tokens=config.max_tokens)
     base = jax.tree.map(np.asarray, encoder.params)
     router = router_lib.train_offline_router(config, pairs, table, encoder=encoder)
