@@ -92,8 +92,15 @@ def settings(train: Split, test: Split) -> dict[str, tuple[Split, Split]]:
 
 
 def evaluate(config, train: Split, test: Split):
-    router = router_lib.train_offline_router(config, train.pairs, train.table, embeddings=train.emb)
-    scores = np.asarray(head_lib.bt_scores(router.head, *test.emb))
+    """Train on ``train``, score ``test``: a frozen encoder from the cached embeddings, a
+    fine-tuned one from the texts (a fresh copy of the encoder each run)."""
+    if config.finetune == "frozen":
+        router = router_lib.train_offline_router(config, train.pairs, train.table, embeddings=train.emb)
+        scores = np.asarray(head_lib.bt_scores(router.head, *test.emb))
+    else:
+        router = router_lib.train_offline_router(config, train.pairs, train.table)
+        scores = router.scores([p.prompt for p in test.pairs], [p.chosen for p in test.pairs],
+                               [p.rejected for p in test.pairs])
     return router, router_lib.evaluate(scores, test.table.correct, train.table.correct)
 
 
@@ -130,6 +137,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--finetuned-minilm", action="store_true",
+                        help="add MiniLM fully fine-tuned with the head (the paper's recipe, on a small encoder)")
+    parser.add_argument("--finetuned-seeds", type=int, default=1, help="seeds of the fine-tuned variant (minutes each)")
     args = parser.parse_args(argv)
     config = router_lib.OfflineRouterConfig(encoder=args.encoder, finetune=args.finetune, epochs=args.epochs,
                                             head_dim=args.head_dim)
@@ -149,6 +159,9 @@ def main(argv=None):
     variants = {"offline router": config, "w/o CLS": dataclasses.replace(config, lambda_cls=0.0)}
     if args.encoder != "minilm":
         variants["MiniLM encoder"] = dataclasses.replace(config, encoder="minilm", pooling="mean")
+    if args.finetuned_minilm:
+        variants["MiniLM fine-tuned"] = dataclasses.replace(config, encoder="minilm", pooling="mean", finetune="full",
+                                                            epochs=None)
     splits = {name: settings_for(variant) for name, variant in variants.items()}
     results = {}
     for setting in splits["offline router"]:
@@ -156,7 +169,7 @@ def main(argv=None):
         for name, variant in variants.items():
             train, test = splits[name][setting]
             runs = []
-            for seed in range(args.seeds):
+            for seed in range(args.seeds if variant.finetune == "frozen" else args.finetuned_seeds):
                 start = time.perf_counter()
                 router, got = evaluate(dataclasses.replace(variant, seed=seed), train, test)
                 runs.append(got)
@@ -176,7 +189,7 @@ def main(argv=None):
         results[setting] = entry
     results["OOD all"] = pooled([results[s] for s in results if s.startswith("OOD ")])
     out = pathlib.Path(args.out)
-    payload = {"config": dataclasses.asdict(config), "seeds": args.seeds, "rm_names": list(tables["train"].rm_names),
+    payload = {"config": dataclasses.asdict(config), "seeds": args.seeds, "finetuned_seeds": args.finetuned_seeds, "rm_names": list(tables["train"].rm_names),
                "label_sources": {split: table.source for split, table in tables.items()}, "results": results}
     (out / "offline_router.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / "offline_router.md").write_text(markdown(payload))
@@ -186,14 +199,16 @@ def main(argv=None):
 def markdown(payload) -> str:
     results = payload["results"]
     settings = list(results)
-    routers = [m for m in ("offline router", "w/o CLS", "MiniLM encoder") if m in results["ID"]]
+    routers = [m for m in ("offline router", "w/o CLS", "MiniLM encoder", "MiniLM fine-tuned") if m in results["ID"]]
     methods = routers + ["best_rm", "random"] + [f"RM {n}" for n in payload["rm_names"]] + ["oracle"]
     label = {"best_rm": "always-best RM (on the training pairs)", "random": "random RM", "oracle": "oracle",
-             "w/o CLS": "w/o CLS (lambda = 0)", "MiniLM encoder": "MiniLM encoder (mean pooling)"}
+             "w/o CLS": "w/o CLS (lambda = 0)", "MiniLM encoder": "MiniLM encoder (frozen, mean pooling)",
+             "MiniLM fine-tuned": "MiniLM encoder fully fine-tuned (AdamW 2e-5, batch 8, 2 epochs)"}
     config = payload["config"]
     lines = [f"Offline router: frozen {config['encoder']} encoder ({config['pooling']} pooling), head d = "
              f"{config['head_dim']}, lambda = {config['lambda_cls']}; mean (std) over {payload['seeds']} seeds for "
-             "the trained routers.", ""]
+             "the trained routers" + (f" ({payload['finetuned_seeds']} for the fine-tuned one)"
+                                     if "MiniLM fine-tuned" in routers else "") + ".", ""]
     for part, title in (("solvable", "pairs some RM gets right (the paper's protocol)"), ("all", "all pairs")):
         count = "solvable_pairs" if part == "solvable" else "pairs"
         lines += [f"Routing accuracy on {title}:", "",

@@ -21,6 +21,10 @@ a BERT sentence encoder (MiniLM) reads "x\\ny" and mean-pools, as it was trained
     router.route(prompts, a, b)       # [N]: the RM each pair goes to
     save(router, "runs/offline_router"); router = load("runs/offline_router", rm_names=pool_names)
 
+The head's input standardisation (``routers.offline.input_norm``) is fitted once, on the
+training pairs' embeddings before any step; when the encoder trains it stays as it was
+(a fixed affine map the Dense layer adapts to).
+
 A saved router is a directory: ``meta.json`` (config, RM names, sizes) and ``params/``
 (orbax: the head, plus the LoRA adapters or the fine-tuned encoder).  A frozen encoder is
 not saved: it is referenced by its path (an alias such as ``smollm2`` stays portable).
