@@ -4,8 +4,10 @@ out-of-distribution routing accuracy (the paper's Table 2), and the trained rout
 Behaviour labels: the pool-label tables ``experiments/pool_labels.py`` writes (every RM of
 the default pool on the suite's pairs); the pair texts are rebuilt from each table's source.
 The encoder is frozen SmolLM2-135M-Instruct (the paper's encoder; the paper fine-tunes it,
-``--finetune full`` does too but is slow on a CPU); its embeddings are cached under
-``--cache`` so later runs train the head alone.
+``--finetune full`` does too, slowly on a CPU); its embeddings are cached under ``--cache``
+so later runs train the head alone.  Rows: the router, the router without the CLS head
+(lambda = 0), a frozen MiniLM encoder, and with ``--finetuned-minilm`` MiniLM fully
+fine-tuned with the head (the paper's recipe on a 22M encoder; minutes per run on a CPU).
 
 - ID: train on the train split's pairs, test on the test split's (other tasks, same categories).
 - OOD: leave one category out: train on the train pairs of the other three, test on every
@@ -16,7 +18,7 @@ does.  Accuracy counts the pairs some RM gets right (as the paper), and all pair
 Baselines: always the RM best on the training pairs, a random RM per pair, each RM alone,
 and the oracle.
 
-    python experiments/offline_router.py [--labels-dir experiments/results] [--seeds 3]
+    python experiments/offline_router.py [--labels-dir experiments/results] [--seeds 3] [--finetuned-minilm]
 """
 from __future__ import annotations
 

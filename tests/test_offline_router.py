@@ -265,6 +265,9 @@ def test_frozen_router_routes_texts_and_round_trips_bit_identically(tiny_llama, 
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(loaded.scores(prompts, a, b), router.scores(prompts, a, b))
     np.testing.assert_array_equal(loaded.route(prompts, a, b), router.scores(prompts, a, b).argmax(1))
+    assert loaded.scores([], [], []).shape == (0, 3)
+    with pytest.raises(ValueError, match="3 prompts but 3 and 2 responses"):
+        loaded.features(prompts[:3], a[:3], b[:2])
 
 
 @pytest.mark.parametrize("kind, finetune", [("llama", "lora"), ("llama", "full"), ("bert", "lora")])

@@ -193,6 +193,8 @@ def _pooled(model, params, input_ids, attention_mask, pooling):
 
 def encode_pairs(encoder: PairEncoder, prompts, a, b) -> tuple[np.ndarray, np.ndarray]:
     """(Enc(x || a), Enc(x || b)), each [N, D]: both responses in one encoder call."""
+    if len(prompts) == 0:
+        return np.zeros((0, encoder.dim), np.float32), np.zeros((0, encoder.dim), np.float32)
     out = encoder(list(prompts) * 2, list(a) + list(b))
     return out[:len(prompts)], out[len(prompts):]
 
