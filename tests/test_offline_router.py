@@ -365,6 +365,10 @@ def test_loading_what_is_not_a_router(saved_router, tmp_path):
     with pytest.raises(ValueError, match="is not an offline router's meta.json"):
         router_lib.load(broken)
     raw = json.loads(meta)
+    raw["config"]["encoder"] = str(tmp_path / "moved_away")
+    (broken / "meta.json").write_text(json.dumps(raw))
+    with pytest.raises(FileNotFoundError, match="encodes pairs with .*moved_away.*which does not exist"):
+        router_lib.load(broken)
     raw["config"]["finetun"] = "full"
     (broken / "meta.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="unknown offline-router keys \\['finetun'\\]"):

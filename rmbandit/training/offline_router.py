@@ -482,7 +482,13 @@ def load(directory, rm_names: Sequence[str] | None = None, encoder: PairEncoder 
     if (trained is None) != (config.finetune == "frozen"):
         raise ValueError(f"{directory / 'params'} {'lacks' if trained is None else 'has'} encoder weights but the "
                          f"router's finetune is {config.finetune!r}; save the router again")
-    encoder = encoder or PairEncoder(config.encoder, config.pooling, config.max_tokens, config.dtype)
+    if encoder is None:
+        path = pathlib.Path(resolve_path(config.encoder))
+        if not path.exists():
+            raise FileNotFoundError(f"the offline router at {directory} encodes pairs with {config.encoder!r}, which "
+                                    "does not exist: put that checkpoint back, or pass encoder=PairEncoder(path) of "
+                                    "the same model")
+        encoder = PairEncoder(config.encoder, config.pooling, config.max_tokens, config.dtype)
     if encoder.dim != embed_dim:
         raise ValueError(f"the encoder {encoder.path} gives {encoder.dim}-dim embeddings but the router was trained "
                          f"on {embed_dim}-dim ones: pass the encoder it was trained with ({config.encoder!r})")
