@@ -220,7 +220,11 @@ def markdown(payload) -> str:
             cells = []
             for s in settings:
                 value = results[s][m][part]
-                cells.append(f"{value['mean']:.3f} ({value['std']:.3f})" if isinstance(value, dict) else f"{value:.3f}")
+                if isinstance(value, dict):        # a trained router: mean (std) over seeds
+                    cells.append(f"{value['mean']:.3f}" + (f" ({value['std']:.3f})" if len(value["per_seed"]) > 1
+                                                           else ""))
+                else:
+                    cells.append(f"{value:.3f}")
             lines.append(f"| {label.get(m, m)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["ID: train on the train split's pairs, test on the test split's (other tasks of the same categories). "
