@@ -15,10 +15,36 @@ import argparse
 import json
 import pathlib
 
-from rmbandit import replay
+import numpy as np
+
+from rmbandit import bandits, replay
+from rmbandit import routers as routing
 
 # the per-batch rows: the routers that can use a batch's mean context
 BATCH_ROUTERS = ("linucb", "linear_thompson", "thompson_offline_prior", "exp3", "uniform_random", "round_robin")
+# BayesianRouter and its ablations, on the offline router's pair features h
+BAYESIAN_ROUTERS = ("bayesian_router", "bayesian_wo_offline", "bayesian_wo_online", "bayesian_weighted_0.5",
+                    "linucb", "thompson_offline_prior", "uniform_random", "best_single_rm", "majority_vote", "oracle")
+
+
+def register_bayesian(directory, rm_names) -> None:
+    """The offline router's features as a featuriser, and BayesianRouter's online router (prior
+    N(E_bt, 0.02 I), sigma^2 = 1) with its ablations as replay routers, learning from label
+    correctness like every router here.  The replay appends a bias feature: E_bt gets a 0 for it."""
+    from rmbandit.training import offline_router
+    router = offline_router.load(directory, rm_names=rm_names)
+    replay.register_featuriser("offline_router", lambda: router.features)
+    prior = np.concatenate([router.prior_mean(), np.zeros((len(rm_names), 1), np.float32)], axis=1)
+
+    def learning(bandit):
+        return lambda s: routing.bandit_router(bandit, s.granularity, feedback="reward", rescale=None)
+
+    replay.register_router("bayesian_router", learning(bandits.linear_thompson(prior_var=0.02, noise_var=1.0,
+                                                                               prior_mean=prior)))
+    replay.register_router("bayesian_wo_offline", learning(bandits.linear_thompson(prior_var=1.0, noise_var=1.0)))
+    replay.register_router("bayesian_wo_online", lambda s: routing.offline_router(prior))
+    replay.register_router("bayesian_weighted_0.5", learning(routing.bayesian.weighted_score(
+        bandits.linear_thompson(prior_var=1.0, noise_var=1.0), prior, 0.5)))
 
 
 def main(argv=None):
@@ -29,6 +55,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lambdas", default=",".join(f"{v:g}" for v in replay.LAMBDAS))
+    parser.add_argument("--offline-router", default="experiments/results/offline_router",
+                        help="the trained offline router (experiments/offline_router.py); '' skips its section")
     parser.add_argument("--out", default="experiments/results")
     args = parser.parse_args(argv)
     labels_dir, out = pathlib.Path(args.labels_dir), pathlib.Path(args.out)
@@ -44,9 +72,19 @@ def main(argv=None):
     item = replay.replay(table, contexts, lambdas=lambdas, granularity="item", **run)
     batch = replay.replay(table, contexts, routers=BATCH_ROUTERS, granularity="batch", **run)
     timings = {"item": item.pop("timings"), "batch": batch.pop("timings")}
+    bayes = None
+    if args.offline_router:
+        register_bayesian(args.offline_router, table.rm_names)
+        h_offline = replay.offline_from_table(labels_dir / "pool_labels_train.json", table.rm_names,
+                                              featuriser="offline_router", cache_dir=args.features_dir)
+        h = replay.pair_features(pairs, "offline_router",
+                                 replay.feature_cache_path(test_path, "offline_router", args.features_dir))
+        bayes = replay.replay(table, h, routers=BAYESIAN_ROUTERS, granularity="item", seeds=range(args.seeds),
+                              batch_size=args.batch_size, offline=h_offline)
+        timings["bayesian"] = bayes.pop("timings")
     item["tradeoff"] = replay.tradeoff(item)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "controlled_simulation.json").write_text(json.dumps({"item": item, "batch": batch,
+    (out / "controlled_simulation.json").write_text(json.dumps({"item": item, "batch": batch, "bayesian": bayes,
                                                                 "timings": timings}, indent=1) + "\n")
     text = ("# Controlled simulation: the suite's test pairs replayed through the default pool\n\n"
             "Annotation accuracy = how often the routed RM's label agrees with the ground truth (mean ± sd over "
@@ -62,6 +100,13 @@ def main(argv=None):
             "| lambda | accuracy | RM s / 1k pairs | model calls / 1k pairs |\n|---|---|---|---|\n"
             + "".join(f"| {p['lambda']:g} | {p['accuracy']:.3f} ± {p['accuracy_sd']:.3f} | {p['seconds_per_1000']:.3g} "
                       f"| {p['calls_per_1000']:.3g} |\n" for p in item["tradeoff"]))
+    if bayes is not None:
+        text += ("\n## BayesianRouter on the offline router's pair features\n\n"
+                 f"Contexts: h of the offline router in {args.offline_router} (frozen SmolLM2-135M encoder, trained on "
+                 "the TRAIN table; experiments/offline_router.py).  bayesian_router: Thompson sampling with prior "
+                 "N(E_bt, 0.02 I), sigma^2 = 1; w/o offline: zero prior, variance 1; w/o online: argmax h.E_bt, no "
+                 "learning; weighted 0.5: 0.5 softmax(h.E_bt) + 0.5 softmax(w/o-offline Thompson scores).  All "
+                 "learn from label correctness.\n\n" + replay.markdown(bayes).split("\n\nEach RM")[0] + "\n")
     (out / "controlled_simulation.md").write_text(text)
     replay.plot_tradeoff(item, out / "controlled_simulation_tradeoff.png")
     print(text)

@@ -93,7 +93,7 @@ def test_ensembles_ask_every_rm_and_train_on_the_combined_labels(tmp_path, polic
         # two noisy RMs disagree on some pairs: the one whose labels the policy fits better gains
         # weight (from the second batch: on the first, pi = pi_ref and every pair's margin is 0)
         path = write_config(tmp_path, policy_dir, router={"name": name, "empty_batch_loss": None},
-                            pool=[POOL[1], {**POOL[1], "name": "noisier", "seed": 1}])
+                            pool=NOISY_POOL)
         trainer = quiet_trainer(load(path))
         before, _ = trainer.train_batch(trainer.fresh_state(), 0)
         after, row = trainer.train_batch(before, 1)
@@ -140,3 +140,46 @@ def test_the_classifier_router_learns_from_a_pool_label_table(tmp_path, policy_d
                                                                        "labels": str(tmp_path / "table.json")})
     with pytest.raises(ValueError, match="labels pairs with RMs.*label the pairs with this pool"):
         quiet_trainer(load(other))
+
+
+# two RMs that both label this policy's samples (the numeric verifier ties on all of them)
+NOISY_POOL = [POOL[1], {**POOL[1], "name": "noisier", "seed": 1}]
+
+
+@pytest.fixture(scope="module")
+def offline_dir(tmp_path_factory, policy_dir):
+    """An offline router for NOISY_POOL whose encoder is the tiny policy (frozen, head width 8)."""
+    from rmbandit import data
+    from rmbandit.rewards import labels, pool
+    from rmbandit.training import offline_router
+    tasks = data.load_suite("train", size_per_category=3, seed=0)
+    pairs = data.make_pairs(tasks, seed=0)
+    table = labels.label_with_pool(pool.build_pool(NOISY_POOL, tasks), pairs,
+                                   {"split": "train", "per_category": 3, "seed": 0})
+    config = offline_router.OfflineRouterConfig(encoder=str(policy_dir), head_dim=8, max_tokens=64, epochs=2)
+    directory = tmp_path_factory.mktemp("offline") / "router"
+    offline_router.save(offline_router.train_offline_router(config, pairs, table), directory)
+    return directory
+
+
+@pytest.mark.parametrize("reward", ["baseline", "light_advantage"])
+def test_bayesian_router_routes_pairs_on_the_offline_features_and_learns_from_their_losses(
+        tmp_path, policy_dir, offline_dir, reward):
+    path = write_config(tmp_path, policy_dir, sampling={"num_samples": 4, "pairs_per_prompt": 2}, pool=NOISY_POOL,
+                        router={"name": "bayesian", "offline": str(offline_dir), "empty_batch_loss": None,
+                                "reward": reward, "light_rms": 1})
+    trainer = quiet_trainer(load(path))
+    assert trainer.context_dim == 8
+    prior = np.asarray(bandits.base.arm_states(trainer.fresh_state()["router"].bandit)[-1].arms.mean)
+    np.testing.assert_allclose(prior, trainer.offline.prior_mean(), rtol=1e-6)       # mu_n(0) = E_bt[n]
+    state, rows = trainer.fresh_state(), []
+    for step in range(2):
+        state, row = trainer.train_batch(state, step)
+        rows.append(row)
+    assert np.asarray(state["router"].counts).sum() == 2 * 4 * 2                      # one RM per candidate pair
+    arms = bandits.base.arm_states(state["router"].bandit)[-1].arms
+    learnt = int(np.asarray(arms.pulls).sum())
+    # baseline: every pair that formed teaches its RM; light advantage: those another RM also labelled
+    assert 0 < learnt <= sum(r["pairs"] for r in rows)
+    assert int(bandits.base.arm_states(state["router"].bandit)[-1].skipped) == 0     # ties are not "skipped"
+    assert not np.allclose(np.asarray(arms.mean), prior)

@@ -302,66 +302,68 @@ class Trainer:
             responses = decode_responses(self.tokenizer, tokens, token_mask)
             times["time_sample"] = time.perf_counter() - clock
 
-            # 2. route, 3. label: one RM per batch (its scores give the pairs), or one per pair
-            # (candidate pairs first, routed on their features, ordered by their RM's label)
-            if self.per_pair:
-                rms, router_state, assignment, pairs = self._route_pairs(state, prompts, responses, route_key,
-                                                                         pair_key, times)
-            else:
-                rms, router_state, assignment, pairs = self._route_batch(state, samples, ids, mask, prompts,
-                                                                         responses, route_key, pair_key, times)
-            valid = np.asarray(pairs.valid) > 0          # an ensemble's pairs carry weights
-            pair_rms = rms if self.per_pair else np.repeat(rms, cfg.sampling.pairs_per_prompt)
+        # outside the mesh: the RMs and the offline router's encoder live on their own device
+        # 2. route, 3. label: one RM per batch (its scores give the pairs), or one per pair
+        # (candidate pairs first, routed on their features, ordered by their RM's label)
+        if self.per_pair:
+            rms, router_state, assignment, pairs = self._route_pairs(state, prompts, responses, route_key,
+                                                                     pair_key, times)
+        else:
+            rms, router_state, assignment, pairs = self._route_batch(state, samples, ids, mask, prompts,
+                                                                     responses, route_key, pair_key, times)
+        valid = np.asarray(pairs.valid) > 0          # an ensemble's pairs carry weights
+        pair_rms = rms if self.per_pair else np.repeat(rms, cfg.sampling.pairs_per_prompt)
 
-            row = {"step": step, "iteration": iteration, "batch": index, "category": category_of(tasks),
-                   "rm": self.rm_names[rms[0]] if (rms == rms[0]).all() and rms[0] >= 0 else "mixed",
-                   "rm_pairs": {name: int(valid[(pair_rms == k) | (pair_rms == routers.ALL_RMS)].sum())
-                                for k, name in enumerate(self.rm_names)},
-                   "pairs": int(valid.sum())}
-            state = {**state, "router": router_state}
-            if not valid.any():
-                # no pair: no step; the router learns nothing from the batch, or router.empty_batch_loss
-                times["time_step"] = 0.0
-                row.update(skipped=True, loss=None, bandit_reward=None, reward_accuracy=None, grad_norm=None)
-                if cfg.router.empty_batch_loss is not None and not self.per_pair:
-                    clock = time.perf_counter()
-                    row["bandit_reward"], state["router"] = self._learn(router_state, assignment,
-                                                                        cfg.router.empty_batch_loss)
-                    times["time_router"] += time.perf_counter() - clock
-            else:
-                # 4. step
+        row = {"step": step, "iteration": iteration, "batch": index, "category": category_of(tasks),
+               "rm": self.rm_names[rms[0]] if (rms == rms[0]).all() and rms[0] >= 0 else "mixed",
+               "rm_pairs": {name: int(valid[(pair_rms == k) | (pair_rms == routers.ALL_RMS)].sum())
+                            for k, name in enumerate(self.rm_names)},
+               "pairs": int(valid.sum())}
+        state = {**state, "router": router_state}
+        if not valid.any():
+            # no pair: no step; the router learns nothing from the batch, or router.empty_batch_loss
+            times["time_step"] = 0.0
+            row.update(skipped=True, loss=None, bandit_reward=None, reward_accuracy=None, grad_norm=None)
+            if cfg.router.empty_batch_loss is not None and not self.per_pair:
                 clock = time.perf_counter()
+                row["bandit_reward"], state["router"] = self._learn(router_state, assignment,
+                                                                    cfg.router.empty_batch_loss)
+                times["time_router"] += time.perf_counter() - clock
+        else:
+            # 4. step
+            clock = time.perf_counter()
+            with parallel.use_mesh(self.mesh):
                 batch = self._pair_batch(ids, mask, tokens, token_mask, pairs)
                 reference = self._reference(self.base, state["reference"], batch)
                 batch = batch._replace(reference=reference)
                 train, metrics = self._step(state["train"], self.base, batch)
                 loss = float(metrics["loss"])
-                times["time_step"] = time.perf_counter() - clock
-                if not np.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the training loss is {loss} at iteration {iteration}, batch {index} (global batch {step}): "
-                        f"the policy diverged. Nothing of this batch was saved; {self._latest_text()}. Lower "
-                        "step.learning_rate (or step.beta / step.max_grad_norm) and run the same command with the "
-                        "override to resume from that checkpoint.")
-                # 5. learn
-                clock = time.perf_counter()
-                if self.relabels:      # each pair's loss under every (queried) RM's label
-                    losses = self._losses_under_rms(pairs, valid, np.asarray(metrics["margin"]), prompts, responses,
-                                                    assignment, jax.random.fold_in(route_key, 1))
-                    observed = np.isfinite(losses).sum(1) >= (1 if self.per_pair else 0) + 1
-                    if self.per_pair:
-                        assignment = assignment._replace(arms=np.where(observed, assignment.arms, bandits.NO_ARM))
-                    reward, router_state = self._learn(router_state, assignment, losses)
-                elif self.per_pair:    # each routed pair's own loss; tied pairs taught nothing
-                    losses = np.where(valid, np.asarray(metrics["losses"]), np.nan).astype(np.float32)
-                    assignment = assignment._replace(arms=np.where(valid, assignment.arms, bandits.NO_ARM))
-                    reward, router_state = self._learn(router_state, assignment, losses)
-                else:
-                    reward, router_state = self._learn(router_state, assignment, loss)
-                state = {**state, "train": train, "router": router_state}
-                times["time_router"] += time.perf_counter() - clock
-                row.update(skipped=False, loss=loss, bandit_reward=reward,
-                           reward_accuracy=float(metrics["reward_accuracy"]), grad_norm=float(metrics["grad_norm"]))
+            times["time_step"] = time.perf_counter() - clock
+            if not np.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss is {loss} at iteration {iteration}, batch {index} (global batch {step}): "
+                    f"the policy diverged. Nothing of this batch was saved; {self._latest_text()}. Lower "
+                    "step.learning_rate (or step.beta / step.max_grad_norm) and run the same command with the "
+                    "override to resume from that checkpoint.")
+            # 5. learn
+            clock = time.perf_counter()
+            if self.relabels:      # each pair's loss under every (queried) RM's label
+                losses = self._losses_under_rms(pairs, valid, np.asarray(metrics["margin"]), prompts, responses,
+                                                assignment, jax.random.fold_in(route_key, 1))
+                observed = np.isfinite(losses).sum(1) >= (1 if self.per_pair else 0) + 1
+                if self.per_pair:
+                    assignment = assignment._replace(arms=np.where(observed, assignment.arms, bandits.NO_ARM))
+                reward, router_state = self._learn(router_state, assignment, losses)
+            elif self.per_pair:    # each routed pair's own loss; tied pairs taught nothing
+                losses = np.where(valid, np.asarray(metrics["losses"]), np.nan).astype(np.float32)
+                assignment = assignment._replace(arms=np.where(valid, assignment.arms, bandits.NO_ARM))
+                reward, router_state = self._learn(router_state, assignment, losses)
+            else:
+                reward, router_state = self._learn(router_state, assignment, loss)
+            state = {**state, "train": train, "router": router_state}
+            times["time_router"] += time.perf_counter() - clock
+            row.update(skipped=False, loss=loss, bandit_reward=reward,
+                       reward_accuracy=float(metrics["reward_accuracy"]), grad_norm=float(metrics["grad_norm"]))
         times["time_batch"] = time.perf_counter() - started
         row.update(times)
         return state, row
