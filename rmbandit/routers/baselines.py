@@ -23,7 +23,7 @@ import optax
 from rmbandit import bandits
 from rmbandit.routers import base
 from rmbandit.routers.bandit import bandit_router
-from rmbandit.routers.bayesian import context_router
+from rmbandit.routers.fixed import context_router
 
 GRANULARITIES = ("item", "batch")
 
@@ -155,7 +155,7 @@ def classifier_router(params: ClassifierParams, granularity: str = "item") -> ba
                              f"the router was initialised with num_rms={k}, dim={d}: retrain it on this pool "
                              "and featuriser")
 
-    def route(contexts):
+    def route(contexts, k):
         scores = jax.nn.softmax(classifier_logits(params, contexts), axis=-1)
         rms = bandits.base.argmax_finite(scores)
         if granularity == "batch":

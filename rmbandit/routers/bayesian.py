@@ -36,6 +36,7 @@ import numpy as np
 from rmbandit import bandits
 from rmbandit.routers import base
 from rmbandit.routers.bandit import bandit_router
+from rmbandit.routers.fixed import context_router
 
 PRIOR_VAR = 0.02          # sigma_w^2 around the offline prior E_bt (the paper's setting)
 NO_PRIOR_VAR = 1.0        # sigma_w^2 around a zero mean ("w/o offline", and the Weighted-score TS part)
@@ -172,37 +173,11 @@ def weighted_score(bandit: bandits.Bandit, prior_mean, alpha: float) -> bandits.
     return bandits.Bandit(init, select, bandit.update)
 
 
-def context_router(route, check_pool) -> base.Router:
-    """A router that learns nothing: ``route(contexts)`` -> (rms [B], scores [B, K]) decides
-    from the contexts alone; ``check_pool(num_rms, dim)`` raises at ``init`` if the pool or
-    the feature width do not fit.  ``observe`` returns the state as it was; ``reward`` is None."""
-
-    def init(key, num_rms, dim):
-        del key
-        base.check_init(num_rms, dim)
-        check_pool(num_rms, dim)
-        return base.RouterState((), jnp.zeros((num_rms,), jnp.int32))
-
-    def assign(state, contexts, key):
-        del key
-        contexts = base.check_contexts(contexts)
-        rms, scores = route(contexts)
-        assignment = base.make_assignment(rms, scores, jnp.zeros((0, contexts.shape[1]), jnp.float32),
-                                          jnp.zeros((0,), jnp.int32))
-        return state._replace(counts=base.count_labels(state.counts, rms)), assignment
-
-    def observe(state, assignment, signal):
-        del assignment, signal
-        return state
-
-    return base.Router(init, assign, observe)
-
-
 def offline_router(prior_mean) -> base.Router:
     """BayesianRouter "w/o online": pair i goes to argmax_n h_i^T E_bt[n]; nothing is learned."""
     prior_mean = jnp.asarray(prior_mean, jnp.float32)
 
-    def route(contexts):
+    def route(contexts, num_rms):
         scores = offline_scores(contexts, prior_mean)
         return bandits.base.argmax_finite(scores), scores
 

@@ -8,21 +8,22 @@ import numpy as np
 from rmbandit.routers import base
 
 
-def _fixed(choose, score) -> base.Router:
-    """A router whose decision ignores the contexts and the feedback."""
+def context_router(route, check_pool=lambda num_rms, dim: None) -> base.Router:
+    """A router that learns nothing: ``route(contexts, num_rms)`` -> (rms [B], scores [B, K])
+    decides from the contexts alone (or ignores them); ``check_pool(num_rms, dim)`` raises at
+    ``init`` if the pool or the feature width do not fit.  ``observe`` returns the state as
+    it was; ``reward`` is None."""
 
     def init(key, num_rms, dim):
         del key
         base.check_init(num_rms, dim)
-        choose(num_rms)                              # validates against the pool size, eagerly
+        check_pool(num_rms, dim)
         return base.RouterState((), jnp.zeros((num_rms,), jnp.int32))
 
     def assign(state, contexts, key):
         del key
         contexts = base.check_contexts(contexts)
-        items, k = contexts.shape[0], state.counts.shape[0]
-        rms = jnp.full((items,), choose(k), jnp.int32)
-        scores = jnp.broadcast_to(score(k), (items, k))
+        rms, scores = route(contexts, state.counts.shape[0])
         assignment = base.make_assignment(rms, scores, jnp.zeros((0, contexts.shape[1]), jnp.float32),
                                           jnp.zeros((0,), jnp.int32))
         return state._replace(counts=base.count_labels(state.counts, rms)), assignment
@@ -32,6 +33,18 @@ def _fixed(choose, score) -> base.Router:
         return state
 
     return base.Router(init, assign, observe)
+
+
+def _fixed(choose, score) -> base.Router:
+    """A router whose decision ignores the contexts and the feedback (``choose(K)`` also
+    validates the pool size, eagerly at init)."""
+
+    def route(contexts, num_rms):
+        items = contexts.shape[0]
+        return (jnp.full((items,), choose(num_rms), jnp.int32),
+                jnp.broadcast_to(score(num_rms), (items, num_rms)))
+
+    return context_router(route, lambda num_rms, dim: choose(num_rms))
 
 
 def single_rm(index: int) -> base.Router:
