@@ -183,3 +183,21 @@ def test_bayesian_router_routes_pairs_on_the_offline_features_and_learns_from_th
     assert 0 < learnt <= sum(r["pairs"] for r in rows)
     assert int(bandits.base.arm_states(state["router"].bandit)[-1].skipped) == 0     # ties are not "skipped"
     assert not np.allclose(np.asarray(arms.mean), prior)
+
+
+def test_a_cost_aware_laser_learns_reward_minus_the_rms_cost(tmp_path, policy_dir):
+    """router.cost_weight: the bandit is a ``bandits.cost_aware`` one (reward - weight x cost,
+    tested in test_combinators) whose costs are each RM's model calls per item so far."""
+    path = write_config(tmp_path, policy_dir, router={"cost_weight": 0.5})
+    trainer = quiet_trainer(load(path))
+    state, rows = trainer.fresh_state(), []
+    for step in range(3):
+        state, row = trainer.train_batch(state, step)
+        rows.append(row)
+    cost_state = next(s for s in bandits.base.inner_states(state["router"].bandit)
+                      if isinstance(s, bandits.combinators.CostState))
+    want = [rm.cost.calls / max(rm.cost.items, 1) for rm in trainer.pool]
+    np.testing.assert_allclose(np.asarray(cost_state.arms.cost), want, rtol=1e-6)
+    assert any(want) and any(r["bandit_reward"] is not None for r in rows)
+    with pytest.raises(ValueError, match="router.cost_weight is for the LASeR bandits"):
+        quiet_trainer(load(write_config(tmp_path, policy_dir, router={"name": "random", "cost_weight": 0.5})))

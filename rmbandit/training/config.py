@@ -78,6 +78,11 @@ class RouterConfig:
     learning_rate: float = 1.0             # online_ensemble: multiplicative-weights step
     # classifier: the pool-label table (experiments/pool_labels.py) whose pairs train it
     labels: str = "experiments/results/pool_labels_train.json"
+    # cost-aware routing (laser, laser_exp3, laser_neural_ucb): the bandit learns from
+    # reward - cost_weight * the RM's cost per item so far (model calls, or wall seconds,
+    # which make a resumed run differ from an uninterrupted one)
+    cost_weight: float = 0.0
+    cost_unit: Literal["calls", "seconds"] = "calls"
     # RMs of the pool that join mid-run (LASeR): absent until global batch join_batch, then new
     # arms with fresh statistics while the others keep theirs
     join: tuple[str, ...] = ()
@@ -167,6 +172,11 @@ def check(config: TrainConfig) -> None:
                                                 "experiments/offline_router.py)")
     unknown = [name for name in config.router.join if name not in names]
     need(not unknown, f"router.join names RM(s) {unknown} that are not in the pool ({', '.join(map(str, names))})")
+    need(config.router.cost_weight >= 0, f"router.cost_weight must be >= 0, got {config.router.cost_weight}")
+    if config.router.cost_weight:
+        need(config.router.name in ("laser", "laser_exp3", "laser_neural_ucb"),
+             f"router.cost_weight is for the LASeR bandits (laser, laser_exp3, laser_neural_ucb); router.name="
+             f"{config.router.name} does not learn per RM from a reward")
     if config.router.join:
         need(config.router.name in ("laser", "laser_exp3", "laser_neural_ucb", "random", "round_robin"),
              f"router.join needs a learning per-batch router (laser, laser_exp3, laser_neural_ucb, random, "

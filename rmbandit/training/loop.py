@@ -49,12 +49,13 @@ class TrainingDiverged(FloatingPointError):
 def make_router(config: TrainConfig, rm_names: list[str], offline=None) -> routers.Router:
     """The router ``router.name`` names (one config key switches method)."""
     cfg = config.router
-    if cfg.name == "laser":
-        return routers.laser(alpha=cfg.alpha, history=cfg.history)
-    if cfg.name == "laser_exp3":
-        return routers.laser_exp3(history=cfg.history)
-    if cfg.name == "laser_neural_ucb":
-        return routers.laser_neural_ucb(history=cfg.history)
+    laser_bandits = {"laser": lambda: bandits.linucb(alpha=cfg.alpha), "laser_exp3": bandits.exp3,
+                     "laser_neural_ucb": bandits.neural_ucb}
+    if cfg.name in laser_bandits:
+        bandit = laser_bandits[cfg.name]()
+        if cfg.cost_weight:            # learns from the rescaled reward - weight * cost of the RM
+            bandit = bandits.cost_aware(bandit, cfg.cost_weight)
+        return routers.laser_with(bandit, history=cfg.history)
     if cfg.name == "single_rm":
         return routers.single_rm(rm_names.index(cfg.rm))
     if cfg.name == "random":
@@ -368,9 +369,21 @@ class Trainer:
         row.update(times)
         return state, row
 
+    def rm_costs(self, arms: int) -> np.ndarray:
+        """[arms] the cost per item each arm's RM has had so far (``router.cost_unit``); 0 for
+        an RM not asked yet, so a cost-aware router still tries it."""
+        unit = self.config.router.cost_unit
+        cost = [(rm.cost.calls if unit == "calls" else rm.cost.seconds) / max(rm.cost.items, 1) for rm in self.pool]
+        return np.asarray(cost, np.float32)[self.arm_rms[:arms]]
+
     def _learn(self, router_state, assignment, loss):
         """The router observes the batch's loss (per pair: each pair's, NaN where none) ->
         (the bandit's shaped reward, averaged over the pairs it learns from; the new state)."""
+        if self.config.router.cost_weight:
+            costs = self.rm_costs(bandits.num_arms(router_state.bandit))
+            router_state = router_state._replace(bandit=bandits.base.replace_innermost(
+                router_state.bandit, lambda s: isinstance(s, bandits.combinators.CostState),
+                lambda s: bandits.set_costs(s, costs), "cost-aware bandit"))
         signal = jnp.asarray(loss, jnp.float32)
         reward = None
         if self._reward is not None:
