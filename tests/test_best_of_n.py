@@ -200,10 +200,12 @@ def test_the_cli_runs_end_to_end_and_writes_the_json(tmp_path, policy_dir, capsy
     ("best_of_n.test_prompts_per_batch=0", ["best_of_n.test_prompts_per_batch", "at least 1"]),
     ("sampling.num_samples=1", ["sampling.num_samples", "at least 2"]),
     ("router.name=lazer", ["router.name", "laser"]),
+    ("router.name=uwo router.empty_batch_loss=null", ["router.name=uwo", "picks one RM per batch"]),
+    ("router.cold_start=runs/x", ["router.cold_start", "fresh"]),
 ])
 def test_a_bad_config_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):
     path = write_config(tmp_path, policy_dir)
-    assert cli.main(["best-of-n", "--config", str(path), "--quiet", override]) == 2
+    assert cli.main(["best-of-n", "--config", str(path), "--quiet", *override.split()]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rmbandit best-of-n: error:") and all(word in err for word in named), err
     assert not (tmp_path / "run").exists()

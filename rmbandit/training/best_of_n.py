@@ -64,6 +64,13 @@ class BestOfNConfig(TrainConfig):
 def check_config(config: BestOfNConfig) -> None:
     """``training.config.check`` plus this mode's keys; a ValueError names the key."""
     check(config)
+    picking = ("laser", "laser_exp3", "laser_neural_ucb", "single_rm", "random", "round_robin", "classifier")
+    if config.router.name not in picking:
+        raise ValueError(f"router.name={config.router.name}: best-of-n needs a router that picks one RM per batch "
+                         f"({', '.join(picking)}); ensembles and per-pair routers label pairs, not picks")
+    if config.router.join or config.router.cold_start is not None:
+        raise ValueError("router.join and router.cold_start are training-run options; best-of-n starts its router "
+                         "fresh with the whole pool")
     size = config.best_of_n.test_prompts_per_batch
     if size is not None and size < 1:
         raise ValueError(f"best_of_n.test_prompts_per_batch must be at least 1 (or null: train.prompts_per_batch), "
