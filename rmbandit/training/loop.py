@@ -162,8 +162,10 @@ class Trainer:
         self.per_pair = config.router.name in PER_PAIR_ROUTERS
         # per-pair routers route on the offline router's pair features (its encoder, its width)
         self.offline = load_offline_router(config.router.offline, self.rm_names) if self.per_pair else None
-        self.context_dim = (self.offline.prior_mean().shape[1] if self.per_pair and config.router.offline is not None
-                            else 1 if self.per_pair else self.model.config.hidden_size)
+        if not self.per_pair:
+            self.context_dim = self.model.config.hidden_size             # the prompts' hidden states
+        else:
+            self.context_dim = 1 if isinstance(self.offline, _NoFeatures) else self.offline.prior_mean().shape[1]
         self.router = (self._classifier_router() if config.router.name == "classifier"
                        else make_router(config, self.rm_names, self.offline))
         self.relabels = config.router.name == "online_ensemble" or (
