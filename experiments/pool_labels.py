@@ -11,13 +11,9 @@ from __future__ import annotations
 import argparse
 
 from rmbandit import data
+from rmbandit.replay import suite_pairs
 from rmbandit.rewards import labels
 from rmbandit.rewards.pool import DEFAULT_POOL, build_pool
-
-
-def suite_pairs(source: dict) -> list:
-    tasks = data.load_suite(source["split"], size_per_category=source["per_category"], seed=source["seed"])
-    return data.make_pairs(tasks, seed=source["seed"])
 
 
 def main(argv=None):

@@ -308,12 +308,13 @@ class Trainer:
         # outside the mesh: the RMs and the offline router's encoder live on their own device
         # 2. route, 3. label: one RM per batch (its scores give the pairs), or one per pair
         # (candidate pairs first, routed on their features, ordered by their RM's label)
+        # (every_score: an ensemble's [K, prompts, n] scores, which the online ensemble learns from)
         if self.per_pair:
-            rms, router_state, assignment, pairs = self._route_pairs(state, prompts, responses, route_key,
-                                                                     pair_key, times)
+            rms, router_state, assignment, pairs, every_score = self._route_pairs(state, prompts, responses,
+                                                                                  route_key, pair_key, times)
         else:
-            rms, router_state, assignment, pairs = self._route_batch(state, samples, ids, mask, prompts,
-                                                                     responses, route_key, pair_key, times)
+            rms, router_state, assignment, pairs, every_score = self._route_batch(
+                state, samples, ids, mask, prompts, responses, route_key, pair_key, times)
         valid = np.asarray(pairs.valid) > 0          # an ensemble's pairs carry weights
         pair_rms = rms if self.per_pair else np.repeat(rms, cfg.sampling.pairs_per_prompt)
 
@@ -352,7 +353,7 @@ class Trainer:
             clock = time.perf_counter()
             if self.relabels:      # each pair's loss under every (queried) RM's label
                 losses = self._losses_under_rms(pairs, valid, np.asarray(metrics["margin"]), prompts, responses,
-                                                assignment, jax.random.fold_in(route_key, 1))
+                                                assignment, every_score, jax.random.fold_in(route_key, 1))
                 observed = np.isfinite(losses).sum(1) >= (1 if self.per_pair else 0) + 1
                 if self.per_pair:
                     assignment = assignment._replace(arms=np.where(observed, assignment.arms, bandits.NO_ARM))
@@ -393,7 +394,8 @@ class Trainer:
             reward = float(np.nanmean(shaped)) if np.isfinite(shaped).any() else None
         return reward, self._observe(router_state, assignment, signal)
 
-    def _losses_under_rms(self, pairs, valid, margin, prompts, responses, assignment, key) -> np.ndarray:
+    def _losses_under_rms(self, pairs, valid, margin, prompts, responses, assignment, every_score,
+                          key) -> np.ndarray:
         """[pairs, K] the DPO loss each trained pair would have had under each RM's label
         (NaN: the RM was not asked, tied, or the slot holds no pair).  The online ensemble
         has every RM's scores already; BayesianRouter's advantage rewards ask the RMs that
@@ -403,7 +405,7 @@ class Trainer:
         rows = np.asarray(pairs.prompt) * n
         chosen, rejected = rows + np.asarray(pairs.chosen), rows + np.asarray(pairs.rejected)
         if not self.per_pair:
-            flat = self._scores.reshape(k, -1)
+            flat = every_score.reshape(k, -1)
             a, b = flat[:, chosen].T, flat[:, rejected].T                  # [pairs, K]
             asked = np.isfinite(a) & np.isfinite(b) & (a != b)
             agrees = a > b
@@ -480,8 +482,9 @@ class Trainer:
             scores = np.stack([rm.score(every, responses).reshape(len(prompts), n) for rm in self.pool])
             pairs, weight = ENSEMBLE_RULES[cfg.router.name](scores, cfg.sampling.pairs_per_prompt, pair_key,
                                                             cfg.router, np.asarray(assignment.scores[0]))
-            pairs, self._scores = jax.device_get(pairs._replace(valid=weight)), scores
+            pairs, every_score = jax.device_get(pairs._replace(valid=weight)), scores
         else:
+            every_score = None
             scores = np.full((len(prompts), n), np.nan, np.float32)
             for rm_index in np.unique(rms):
                 rows = np.flatnonzero(rms == rm_index)
@@ -490,7 +493,7 @@ class Trainer:
                                                          [responses[i] for i in flat]).reshape(len(rows), n)
             pairs = jax.device_get(self._pairs(scores, cfg.sampling.pairs_per_prompt, pair_key))
         times["time_score"] = time.perf_counter() - clock
-        return rms, router_state, assignment, pairs
+        return rms, router_state, assignment, pairs, every_score
 
     def _route_pairs(self, state, prompts, responses, route_key, pair_key, times):
         """One RM per pair (BayesianRouter): candidate pairs, their features from the offline
@@ -516,7 +519,7 @@ class Trainer:
                                                       [b[i] for i in mine])
         pairs = jax.device_get(labelled(first, second, prefer.reshape(first.shape)))
         times["time_score"] = time.perf_counter() - clock
-        return rms, router_state, assignment, pairs
+        return rms, router_state, assignment, pairs, None
 
     def _pair_batch(self, ids, mask, tokens, token_mask, pairs) -> step_lib.PairBatch:
         """Pairs -> the step's input, grouped by prompt: each prompt's responses (all n
