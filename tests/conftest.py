@@ -10,6 +10,8 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -17,6 +19,17 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def devices():
     return jax.devices()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_compiled_code():
+    """XLA:CPU maps each compiled executable's code into memory, and the whole suite compiles
+    thousands: in one process they pass the kernel's 65,530 memory maps
+    (vm.max_map_count) and the next compile segfaults.  Dropping JAX's caches after each
+    module lets the executables nobody holds be freed."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 # --- model fixtures (the model tests share them instead of importing each other) ----------
