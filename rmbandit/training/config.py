@@ -68,7 +68,7 @@ class RouterConfig:
     # pair features h, its BT head the prior mean E_bt); written by experiments/offline_router.py
     offline: str | None = None
     prior: Literal["offline", "none"] = "offline"      # none: zero prior mean, prior_var 1 (w/o offline)
-    prior_var: float = 0.02                # sigma_w^2 around E_bt
+    prior_var: float | None = None         # sigma_w^2; None: the paper's, 0.02 around E_bt, 1 around zero
     noise_var: float = 1.0                 # sigma^2 of r = w.h + eps
     reward: Literal["baseline", "full_advantage", "light_advantage"] = "baseline"
     light_rms: int = 3                     # C of the light-advantage reward

@@ -70,9 +70,9 @@ def make_router(config: TrainConfig, rm_names: list[str], offline=None) -> route
         return routers.uniform_random("item", history=cfg.history)
     if cfg.name == "bayesian":
         prior = offline.prior_mean() if cfg.prior == "offline" else None
-        return routers.bayesian_router(prior_mean=prior, prior_var=cfg.prior_var if prior is not None else 1.0,
-                                       noise_var=cfg.noise_var, reward=cfg.reward, light_rms=cfg.light_rms,
-                                       online=cfg.online, mix=cfg.mix, history=cfg.history)
+        return routers.bayesian_router(prior_mean=prior, prior_var=cfg.prior_var, noise_var=cfg.noise_var,
+                                       reward=cfg.reward, light_rms=cfg.light_rms, online=cfg.online, mix=cfg.mix,
+                                       history=cfg.history)
     raise ValueError(f"router.name {cfg.name!r} is not a training router")
 
 
