@@ -304,24 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="iterative DPO with RM routing (LASeR by default)",
                            description="Train a policy with preference pairs labelled by routed RMs. Running the same "
                                        "command on an existing run_dir resumes from its latest checkpoint.")
-    train.add_argument("--config", default=None,
-                       help="YAML config (e.g. experiments/configs/laser_small.yaml); default: the embedded demo")
-    train.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted overrides, e.g. train.iterations=3 sampling.num_samples=8 run_dir=runs/x")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    config_arguments(train, "YAML config (e.g. experiments/configs/laser_small.yaml); default: the embedded demo",
+                     "dotted overrides, e.g. train.iterations=3 sampling.num_samples=8 run_dir=runs/x")
     train.set_defaults(func=cmd_train)
     bon = sub.add_parser("best-of-n", help="best-of-n with a routed RM, no policy training (LASeR's best-of-n mode)",
                          description="Learn the router on the training prompts (the routed RM picks the best of n "
                                      "samples; the bandit reward is the pick's rescaled negative NLL), then compare "
                                      "its picks on the test set with each single RM's, the score ensemble's and a "
                                      "random pick. Writes run_dir/best_of_n.json.")
-    bon.add_argument("--config", default=None,
-                     help="YAML config: a training config's keys plus best_of_n.*; default: the embedded demo")
-    bon.add_argument("overrides", nargs="*", metavar="key=value",
-                     help="dotted overrides, e.g. sampling.num_samples=8 router.name=random run_dir=runs/x")
-    bon.add_argument("--quiet", action="store_true", help="no progress bar")
+    config_arguments(bon, "YAML config: a training config's keys plus best_of_n.*; default: the embedded demo",
+                     "dotted overrides, e.g. sampling.num_samples=8 router.name=random run_dir=runs/x")
     bon.set_defaults(func=cmd_best_of_n)
     return parser
+
+
+def config_arguments(parser, config_help: str, overrides_help: str) -> None:
+    """The arguments of the commands that run from a YAML config: --config, overrides, --quiet."""
+    parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv=None) -> int:
