@@ -222,14 +222,17 @@ class Trainer:
         router = self.router.init(jax.random.fold_in(key, 2), self.first_arms, self.context_dim)
         if self.config.router.cold_start is not None:
             router = self._cold_start(router)
-        if self.config.router.join and step > self.config.router.join_batch:
+        if self._grown(step):
             router = self._grow(router)
         return {"train": train, "reference": _copy(train.params), "router": self._replicated(router)}
 
+    def _grown(self, step: int) -> bool:
+        """Whether the RMs of ``router.join`` are arms after ``step`` batches."""
+        return bool(self.config.router.join) and step > self.config.router.join_batch
+
     def _arm_names(self, step: int) -> list[str]:
         """The RM of each router arm after ``step`` batches (a cold start maps arms by name)."""
-        grown = self.config.router.join and step > self.config.router.join_batch
-        return [self.rm_names[i] for i in self.arm_rms[:len(self.pool) if grown else self.first_arms]]
+        return [self.rm_names[i] for i in self.arm_rms[:len(self.pool) if self._grown(step) else self.first_arms]]
 
     def _grow(self, router_state):
         key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
@@ -245,8 +248,10 @@ class Trainer:
                                     "at the run_dir of a run that has trained")
         target = jax.tree.map(np.asarray, router_state)
         try:
-            restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item={"router": target}, partial_restore=True)))["state"]["router"]
+            saved = manager.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item={"router": target}, partial_restore=True),
+                meta=ocp.args.JsonRestore()))
+            restored = saved["state"]["router"]
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"router.cold_start={source}: its router does not fit this run's ({err}); reuse a run "
                              "with the same router.name, pool and policy (context width)") from err
@@ -255,9 +260,8 @@ class Trainer:
             raise ValueError(f"router.cold_start={source}: its router state has other shapes than this run's; reuse "
                              "a run with the same router.name, pool and policy (context width)")
         # its arms may be in another order (RMs that joined mid-run come last): match them by RM name
-        theirs = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get(
-            "arms", self._arm_names(0))
         mine = self._arm_names(0)
+        theirs = saved["meta"].get("arms", mine)
         if sorted(theirs) != sorted(mine):
             raise ValueError(f"router.cold_start={source}: its router's RMs {theirs} are not this run's {mine}; reuse "
                              "a run with the same router.name, pool and policy (context width)")
