@@ -1,5 +1,5 @@
 import sys
 
-from rmbandit.cli import main
+from rmbandit.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -325,6 +325,14 @@ def config_arguments(parser, config_help: str, overrides_help: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def console_main() -> int:
+    """The ``rmbandit`` command: the process is ours, so its allocator keeps the memory
+    XLA:CPU frees for the next call (``host.retain_freed_memory``), then ``main``."""
+    from rmbandit import host
+    host.retain_freed_memory()
+    return main()
+
+
 def main(argv=None) -> int:
     """Run a subcommand; return its exit status (2 for bad arguments, as argparse)."""
     try:

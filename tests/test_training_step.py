@@ -103,12 +103,39 @@ def test_reference_logprobs_are_the_reference_policys(model_and_params):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def run_steps(model, params, config, batches, key=3):
+def run_steps(model, params, config, batches, key=3, drop_padding=False):
     state = step_lib.init_state(jax.random.key(key), params, config)
-    step = jax.jit(step_lib.make_train_step(model, config))
+    step = jax.jit(step_lib.make_train_step(model, config), static_argnames="response_tokens")
     for batch in batches:
-        state, metrics = step(state, params, batch)
+        tokens = step_lib.response_tokens(np.asarray(batch.response_mask), config) if drop_padding else None
+        state, metrics = step(state, params, batch, response_tokens=tokens)
     return state, metrics
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_step_without_the_response_padding_is_the_same_step(model_and_params, micro_batches):
+    model, params = model_and_params
+    config = step_lib.StepConfig(learning_rate=1e-2, micro_batches=micro_batches)
+    batches = [make_batch(b=4, r=7, seed=s, valid=[1, 0, 1, 1, 1, 1, 0, 1]) for s in range(2)]
+    assert step_lib.response_tokens(np.asarray(batches[0].response_mask), config) == (128 if micro_batches == 1 else 64)
+    padded, want = run_steps(model, params, config, batches)
+    unpadded, got = run_steps(model, params, config, batches, drop_padding=True)
+    for name in ("loss", "losses", "margin", "grad_norm"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(unpadded.params), jax.tree.leaves(padded.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_response_tokens_fit_the_fullest_micro_batch():
+    mask = np.zeros((2, 4, 100), np.int32)          # [k, B, R]: prompts 0-1 in part 0, 2-3 in part 1
+    mask[:, :2, :10] = 1                            # part 0: 40 real tokens
+    mask[:, 2:, :70] = 1                            # part 1: 280 real tokens
+    assert step_lib.response_tokens(mask, step_lib.StepConfig(micro_batches=2)) == 320
+    assert step_lib.response_tokens(mask, step_lib.StepConfig()) == 320           # all 320 in one
+    mask[:, 2:, :90] = 1
+    assert step_lib.response_tokens(mask, step_lib.StepConfig(micro_batches=2)) == 384   # 360 in part 1
+    assert step_lib.response_tokens(mask, step_lib.StepConfig()) == 448                  # 400 in one
+    assert step_lib.response_tokens(mask, step_lib.StepConfig(drop_padding=False)) is None
 
 
 def test_gradient_accumulation_equals_the_full_batch(model_and_params):
@@ -196,7 +223,10 @@ def test_the_step_on_a_data_fsdp_mesh_matches_one_device(model_and_params):
             mesh, jax.sharding.PartitionSpec(*([None] * axis + [("data", "fsdp")])))
         batch = step_lib.PairBatch(*(jax.device_put(x, spec(x, pair_axis(f)))
                                      for f, x in zip(step_lib.PairBatch._fields, batch)))
-        got, metrics = jax.jit(step_lib.make_train_step(model, config))(state, sharded_params, batch)
+        # the responses' real tokens alone: their [n, 1, D] rows shard as the batch does
+        tokens = step_lib.response_tokens(np.asarray(batch.response_mask), config)
+        step = jax.jit(step_lib.make_train_step(model, config), static_argnames="response_tokens")
+        got, metrics = step(state, sharded_params, batch, response_tokens=tokens)
     np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

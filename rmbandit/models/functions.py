@@ -6,8 +6,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from rmbandit.models.layers import continue_prompts, init_cache
+from rmbandit.models.layers import continue_prompts, gather_real, init_cache, real_token_index, scatter_real
 
 Array = jax.Array
 
@@ -68,7 +69,7 @@ def prompt_embeddings(model, params, input_ids: Array, attention_mask: Array, po
 
 
 def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array, response_ids: Array,
-                           response_mask: Array) -> LogProbs:
+                           response_mask: Array, response_tokens: int | None = None) -> LogProbs:
     """Log-probs of k responses per prompt, running each prompt once.
 
     prompt_ids [N, P] left-padded; response_ids [k, N, R] right-padded (k = 2: chosen and
@@ -78,6 +79,10 @@ def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array,
     the prompt's keys read once for its k responses, and vocabulary logits only where a
     response token is predicted.  Differentiable end to end (the DPO step takes gradients
     through it).  Returns LogProbs with a leading [k * N] axis (response-major).
+
+    ``response_tokens`` (static; at least the number of real response tokens, see
+    ``token_bucket``): the responses run as their real tokens alone (the model's
+    ``real_tokens``), so their right padding costs no matmul and no vocabulary projection.
     """
     k, n, r = response_ids.shape
     cache = init_cache(model.config, n, prompt_ids.shape[1], model.dtype)
@@ -85,15 +90,31 @@ def shared_prompt_logprobs(model, params, prompt_ids: Array, prompt_mask: Array,
     # rows prompt-major (row i * k + j: response j of prompt i), as the shared prefix wants
     ids = response_ids.transpose(1, 0, 2).reshape(n * k, r)
     mask = response_mask.transpose(1, 0, 2).reshape(n * k, r)
-    logits, _ = model.apply({"params": params}, ids, mask, cache=continue_prompts(cache, k, r))
+    next_ids = jnp.roll(ids, -1, axis=1)          # each position's target: the next token (the last one's is a dummy)
+    if response_tokens is None:
+        logits, _ = model.apply({"params": params}, ids, mask, cache=continue_prompts(cache, k, r))
+        # sliced after picking: slicing [k N, R, V] logits would copy all of them
+        rest = picked_logprobs(logits, next_ids)[:, :-1]
+    else:
+        logits, _ = model.apply({"params": params}, ids, mask, cache=continue_prompts(cache, k, r),
+                                real_tokens=response_tokens)
+        real = real_token_index(mask.astype(bool), response_tokens)
+        picked = picked_logprobs(logits[:, 0], gather_real(next_ids, real)[:, 0])
+        rest = scatter_real(picked[:, None], real, (n * k, r))[:, :-1]
     # pick before concatenating: [k N, R] log-probs, not a copy of [k N, R, V] logits
     first = picked_logprobs(jnp.repeat(first_logits[:, -1], k, axis=0), ids[:, 0])
-    # every position's logits with the next token as target (the last one's is a dummy),
-    # sliced after picking: slicing [k N, R, V] logits would copy all of them
-    rest = picked_logprobs(logits, jnp.roll(ids, -1, axis=1))[:, :-1]
     picked = jnp.concatenate([first[:, None], rest], axis=1)
     back = lambda x: x.reshape(n, k, r).transpose(1, 0, 2).reshape(k * n, r)      # response-major again
     return _masked(back(picked), back(mask))
+
+
+def token_bucket(tokens: int, multiple: int = 64) -> int:
+    """A static ``response_tokens`` for this many real tokens: a multiple of ``multiple``
+    with at most four significant bits (steps of 1/8 above 8 multiples: under 12.5 %
+    padding, eight sizes per doubling, so a run compiles its step for a few sizes)."""
+    count = max(-(-int(tokens) // multiple), 1)
+    step = 1 << max(count.bit_length() - 4, 0)
+    return -(-count // step) * step * multiple
 
 
 def classifier_scores(model, params, input_ids: Array, attention_mask: Array) -> Array:

@@ -26,14 +26,14 @@ class Gemma2Block(nn.Module):
     precision: Any = None
 
     @nn.compact
-    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
+    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None, real=None):
         cfg = self.config
 
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name=name)
 
         h, kv = Attention(cfg, self.dtype, self.precision, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
-                                                             index, prefix)
+                                                             index, prefix, real)
         x = x + norm("post_attention_layernorm")(h)
         h = MLP(cfg, self.dtype, self.precision, name="mlp")(norm("pre_feedforward_layernorm")(x))
         return x + norm("post_feedforward_layernorm")(h), kv

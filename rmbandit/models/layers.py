@@ -111,14 +111,38 @@ def attention_bias(query_pos: Array, key_pos: Array, key_valid: Array, window: i
     return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None]
 
 
+def real_token_index(valid: Array, size: int) -> Array:
+    """The flat slots (b * T + t) of the real tokens of a padded [B, T] layout (``valid``),
+    in order, then B * T (no slot) up to the static ``size``: the map between a padded
+    batch and its real tokens alone.  ``size`` must be at least the number of real tokens
+    (more are dropped)."""
+    return jnp.nonzero(valid.reshape(-1), size=size, fill_value=valid.size)[0].astype(jnp.int32)
+
+
+def gather_real(x: Array, real: Array) -> Array:
+    """[B, T, ...] -> [n, 1, ...]: the real tokens of a padded layout (zeros in unused slots),
+    one per row of length 1, so that the batch's sharding carries over to them."""
+    flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    return flat.at[real].get(mode="fill", fill_value=0)[:, None]
+
+
+def scatter_real(x: Array, real: Array, padded: tuple[int, int]) -> Array:
+    """[n, 1, ...] -> [B, T, ...] (``padded`` = (B, T)): ``gather_real`` undone, zeros at the padding."""
+    flat = jnp.zeros((padded[0] * padded[1], *x.shape[2:]), x.dtype).at[real].set(x[:, 0], mode="drop")
+    return flat.reshape(*padded, *x.shape[2:])
+
+
 class Attention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     precision: object = None          # of every matmul (see ``resolve_precision``)
 
     @nn.compact
-    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
-        """``rope``: ``rope_tables`` of the tokens' positions.  With ``cache`` = (keys
+    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None, real=None):
+        """``rope``: ``rope_tables`` of the tokens' positions.  With ``real`` (see
+        ``real_token_index``), ``x`` [n, 1, D] holds only the real tokens of the padded
+        [B, T] layout that ``bias`` [B, 1, T, S] masks: the projections run on them alone,
+        and attention on the padded layout they are scattered into.  With ``cache`` = (keys
         [B, KV, D, S], values [B, KV, S, D]), this step's keys and values are written at
         slot ``index`` and the queries attend over all S slots (``bias`` masks the empty
         ones).  With ``prefix`` = (keys [Bp, KV, D, P], values
@@ -138,6 +162,10 @@ class Attention(nn.Module):
             q = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="k_norm")(k)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if real is not None:
+            padded = bias.shape[0], bias.shape[2]
+            q, k, v = (scatter_real(y, real, padded) for y in (q, k, v))
+            b, t = padded
         # the cache's layouts: keys [B, KV, D, T] (the query-key product is then a plain
         # [G, D] x [D, S] matmul per kv head: 1.7x faster decode attention on XLA:CPU than
         # contracting D on both sides), values [B, KV, T, D]; a decode step reads the cache
@@ -152,6 +180,8 @@ class Attention(nn.Module):
         query_slot = 0 if cache is None else index if isinstance(index, int) else None
         out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot, prefix=prefix, precision=precision)
         out = out.reshape(b, t, heads * hd)
+        if real is not None:
+            out = gather_real(out, real)
         return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype, precision)(out), (k, v)
 
 

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.config import ModelConfig
-from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense,
-                                    resolve_precision, rope_tables, softcap)
+from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense, gather_real,
+                                    real_token_index, resolve_precision, rope_tables, softcap)
 
 Array = jax.Array
 
@@ -27,11 +27,11 @@ class LlamaBlock(nn.Module):
     precision: Any = None
 
     @nn.compact
-    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None):
+    def __call__(self, x, rope, bias, cache=None, index=None, prefix=None, real=None):
         cfg = self.config
         h, kv = Attention(cfg, self.dtype, self.precision, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="input_layernorm")(x),
-            rope, bias, cache, index, prefix)
+            rope, bias, cache, index, prefix, real)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="post_attention_layernorm")(x)
         return x + MLP(cfg, self.dtype, self.precision, name="mlp")(h), kv
@@ -108,6 +108,10 @@ class LlamaModel(nn.Module):
     (logits, new cache): prefill with the prompt, then decode one token at a time.
     ``last_only=True`` projects only the last position onto the vocabulary.
     ``with_hidden=True`` returns (logits, final hidden states) in place of the logits.
+    ``real_tokens=n`` (static) runs only the real tokens (``attention_mask``): embeddings,
+    projections, MLPs and the head see [n, 1, .] arrays of at most n real tokens in order
+    (``layers.real_token_index`` maps them to their slots) and only attention sees the
+    padded layout, so padding costs no matmul; the outputs come back in that compact form.
 
     ``precision`` of every matmul: "auto" (``layers.default_precision``: HIGHEST for
     float32 parameters, the backend's default for bfloat16), a ``jax.lax.Precision`` or None.
@@ -125,15 +129,22 @@ class LlamaModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, return_hidden=False, cache: KVCache | None = None,
-                 last_only=False, with_hidden=False):
+                 last_only=False, with_hidden=False, real_tokens: int | None = None):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         valid = attention_mask.astype(bool)
         where = token_positions(self.config, valid, cache)
+        real = None
+        if real_tokens is not None:
+            if last_only:
+                raise ValueError("last_only and real_tokens do not combine: the last slot of a row may be padding")
+            real = real_token_index(valid, real_tokens)
+            input_ids = gather_real(input_ids, real)
+            where = where._replace(rope=tuple(gather_real(table, real) for table in where.rope))
         embed = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                        ("vocab", "embed")),
                            (self.config.vocab_size, self.config.hidden_size), self.dtype)
-        x, keys, values = self._layers(self._embed(embed, input_ids), where, cache)
+        x, keys, values = self._layers(self._embed(embed, input_ids), where, cache, real)
         x = RMSNorm(self.config.rms_norm_eps, self.dtype, self.config.norm_offset, name="norm")(x)
         if last_only:              # prefill for sampling: the vocabulary projection of one position
             x = x[:, -1:]
@@ -151,7 +162,7 @@ class LlamaModel(nn.Module):
             x = x * jnp.asarray(self.config.hidden_size ** 0.5, self.dtype)
         return x
 
-    def _layers(self, x: Array, where: Positions, cache: KVCache | None):
+    def _layers(self, x: Array, where: Positions, cache: KVCache | None, real: Array | None = None):
         """The block stack -> (hidden states, each layer's keys, each layer's values)."""
         cfg, precision = self.config, resolve_precision(self.precision, self.dtype)
         prefix = None if cache is None else cache.prefix
@@ -162,7 +173,7 @@ class LlamaModel(nn.Module):
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], where.prefix_biases[window])
             x, (k, v) = block(cfg, self.dtype, precision, name=f"layers_{i}")(
                 x, where.rope, where.biases[window], layer_cache, None if cache is None else cache.index,
-                layer_prefix)
+                layer_prefix, real)
             x = nn.with_logical_constraint(x, RESIDUAL)
             keys.append(k)
             values.append(v)

@@ -193,8 +193,8 @@ class Trainer:
                             eos_ids=self.eos_ids, pad_id=self.pad_id)
 
         self._sample = sample
-        self._reference = jax.jit(lambda base, ref, batch: step_lib.reference_logprobs(model, base, ref, batch,
-                                                                                       step_cfg))
+        self._reference = jax.jit(lambda base, ref, batch, tokens: step_lib.reference_logprobs(
+            model, base, ref, batch, step_cfg, tokens), static_argnums=3)
         # LoRA state: replicated (small), kept so; full fine-tuning: as the params are sharded
         self._step = step_lib.jit_train_step(model, step_cfg, None if step_cfg.full_finetune else self._everywhere)
         self._assign = jax.jit(self.router.assign)
@@ -341,10 +341,10 @@ class Trainer:
             # 4. step
             clock = time.perf_counter()
             with parallel.use_mesh(self.mesh):
-                batch = self._pair_batch(ids, mask, tokens, token_mask, pairs)
-                reference = self._reference(self.base, state["reference"], batch)
+                batch, real = self._pair_batch(ids, mask, tokens, token_mask, pairs)
+                reference = self._reference(self.base, state["reference"], batch, real)
                 batch = batch._replace(reference=reference)
-                train, metrics = self._step(state["train"], self.base, batch)
+                train, metrics = self._step(state["train"], self.base, batch, response_tokens=real)
                 loss = float(metrics["loss"])
             times["time_step"] = time.perf_counter() - clock
             if not np.isfinite(loss):
@@ -525,10 +525,11 @@ class Trainer:
         times["time_score"] = time.perf_counter() - clock
         return rms, router_state, assignment, pairs, None
 
-    def _pair_batch(self, ids, mask, tokens, token_mask, pairs) -> step_lib.PairBatch:
+    def _pair_batch(self, ids, mask, tokens, token_mask, pairs) -> tuple[step_lib.PairBatch, int | None]:
         """Pairs -> the step's input, grouped by prompt: each prompt's responses (all n
         samples when n <= 2P, else the 2P its pairs use) cut to the longest real response
-        (bucketed, to limit compiles), and its P pair slots as indices into them."""
+        (bucketed, to limit compiles), and its P pair slots as indices into them; and the
+        static size of its real response tokens (``step_lib.response_tokens``)."""
         cfg = self.config.sampling
         n, per_prompt = cfg.num_samples, cfg.pairs_per_prompt
         prompts = ids.shape[0]
@@ -543,12 +544,13 @@ class Trainer:
                 np.broadcast_to(np.arange(1, 2 * per_prompt, 2), chosen.shape)
         rows = (np.arange(prompts)[:, None] * n + samples).T                   # [k, B] sample rows
         width = bucket(max(int(token_mask.sum(1).max()), 1), 16, token_mask.shape[1])
+        response_mask = token_mask[rows][..., :width].astype(np.int32)
         put = self._batch_sharded
-        return step_lib.PairBatch(
-            ids, mask,
-            put(tokens[rows][..., :width].astype(np.int32), 1), put(token_mask[rows][..., :width].astype(np.int32), 1),
+        batch = step_lib.PairBatch(
+            ids, mask, put(tokens[rows][..., :width].astype(np.int32), 1), put(response_mask, 1),
             put(np.ascontiguousarray(chosen, np.int32)), put(np.ascontiguousarray(rejected, np.int32)),
             put(valid.astype(np.float32)), put(np.zeros(rows.shape, np.float32), 1))
+        return batch, step_lib.response_tokens(response_mask, self.config.step)
 
     # ---- checkpoints --------------------------------------------------------------------
     def _manager(self) -> ocp.CheckpointManager:

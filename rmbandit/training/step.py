@@ -18,10 +18,11 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rmbandit.models import lora as lora_lib
-from rmbandit.models.functions import shared_prompt_logprobs
+from rmbandit.models.functions import shared_prompt_logprobs, token_bucket
 from rmbandit.training.losses import dpo_loss, ipo_loss, log_ratio_margin
 
 Array = jax.Array
@@ -41,6 +42,7 @@ class StepConfig:
     lora_rank: int = 16                    # LASeR: rank 16, alpha 32, q_proj / v_proj
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    drop_padding: bool = True              # responses run as their real tokens alone (``response_tokens``)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -91,18 +93,31 @@ def policy_params(base_params, trained, config: StepConfig):
     return trained if config.full_finetune else lora_lib.merge_lora(base_params, trained, config.lora)
 
 
-def response_logprobs(model, params, batch: PairBatch):
-    """log pi(y | x) and lengths of every response [k, B]."""
+def response_tokens(response_mask, config: StepConfig) -> int | None:
+    """The static size of the responses' real tokens for the step and the reference pass
+    (``shared_prompt_logprobs``): ``response_mask`` [k, B, R] (host array) bucketed by its
+    micro-batch with the most real tokens; None with ``drop_padding`` off."""
+    if not config.drop_padding:
+        return None
+    mask = np.asarray(response_mask)
+    k, prompts, r = mask.shape
+    parts = config.micro_batches if prompts % config.micro_batches == 0 else 1     # _split names the misfit
+    return token_bucket(mask.reshape(k, parts, prompts // parts, r).sum((0, 2, 3)).max())
+
+
+def response_logprobs(model, params, batch: PairBatch, tokens: int | None = None):
+    """log pi(y | x) and lengths of every response [k, B]; ``tokens``: ``response_tokens``."""
     out = shared_prompt_logprobs(model, params, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
-                                 batch.response_mask)
+                                 batch.response_mask, tokens)
     shape = batch.response_ids.shape[:2]
     return out.total.reshape(shape), out.length.reshape(shape)
 
 
-def reference_logprobs(model, base_params, reference, batch: PairBatch, config: StepConfig) -> Array:
+def reference_logprobs(model, base_params, reference, batch: PairBatch, config: StepConfig,
+                       tokens: int | None = None) -> Array:
     """log pi_ref(y | x) [k, B], no gradient: ``reference`` is the reference policy's trained
-    pytree (LoRA adapters, or full params)."""
-    total, _ = response_logprobs(model, policy_params(base_params, reference, config), batch)
+    pytree (LoRA adapters, or full params); ``tokens``: ``response_tokens``."""
+    total, _ = response_logprobs(model, policy_params(base_params, reference, config), batch, tokens)
     return jax.lax.stop_gradient(total)
 
 
@@ -138,8 +153,10 @@ PROMPT_AXIS = {f: 1 if f in ("response_ids", "response_mask", "reference") else 
 
 
 def make_train_step(model, config: StepConfig):
-    """``train_step(state, base_params, batch) -> (state, metrics)``, not yet jitted (the
-    caller jits it with its shardings and donation; see ``jit_train_step``).
+    """``train_step(state, base_params, batch, response_tokens=None) -> (state, metrics)``,
+    not yet jitted (the caller jits it with its shardings and donation; see
+    ``jit_train_step``).  ``response_tokens`` (static): ``response_tokens(batch.response_mask,
+    config)``, or None to run the padded responses.
 
     metrics: ``loss`` (mean over valid pairs), ``losses`` [B * P] per pair slot, prompt-major
     as ``sample_pairs`` lays them out (0 on invalid slots), ``margin`` [B * P] (the
@@ -147,8 +164,8 @@ def make_train_step(model, config: StepConfig):
     ``grad_norm`` (before clipping), ``pairs``."""
     optimizer = make_optimizer(config)
 
-    def micro_loss(trained, base_params, micro: PairBatch, count):
-        policy, lengths = response_logprobs(model, policy_params(base_params, trained, config), micro)
+    def micro_loss(trained, base_params, micro: PairBatch, count, tokens):
+        policy, lengths = response_logprobs(model, policy_params(base_params, trained, config), micro, tokens)
         policy, lengths, reference = (pick_pairs(x, micro) for x in (policy, lengths, micro.reference))
         losses = pair_losses(policy, lengths, reference, config) * micro.valid
         margin = log_ratio_margin(policy[0], policy[1], reference[0], reference[1]) * micro.valid
@@ -156,12 +173,12 @@ def make_train_step(model, config: StepConfig):
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def train_step(state: TrainState, base_params, batch: PairBatch):
+    def train_step(state: TrainState, base_params, batch: PairBatch, response_tokens: int | None = None):
         count = jnp.maximum(jnp.sum(batch.valid), 1.0)
         micro = _split(batch, config.micro_batches)
 
         def accumulate(grads, part):
-            (loss, aux), g = grad_fn(state.params, base_params, part, count)
+            (loss, aux), g = grad_fn(state.params, base_params, part, count, response_tokens)
             return jax.tree.map(jnp.add, grads, g), (loss, aux)
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -185,4 +202,4 @@ def jit_train_step(model, config: StepConfig, state_sharding=None):
     layout XLA chose; the frozen params and the batch keep the shardings they come with."""
     step = make_train_step(model, config)
     out_shardings = None if state_sharding is None else (state_sharding, None)
-    return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings)
+    return jax.jit(step, donate_argnums=(0,), out_shardings=out_shardings, static_argnames=("response_tokens",))
