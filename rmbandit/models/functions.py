@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rmbandit.models.layers import continue_prompts, gather_real, init_cache, real_token_index, scatter_real
 
