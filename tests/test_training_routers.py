@@ -115,9 +115,9 @@ def test_uwo_weighs_each_pair_by_the_share_of_rms_agreeing(tmp_path, policy_dir,
     seen = {}
     step = trainer._step
 
-    def spy(state, base, batch):
+    def spy(state, base, batch, **static):
         seen["valid"] = np.asarray(batch.valid)
-        return step(state, base, batch)
+        return step(state, base, batch, **static)
 
     monkeypatch.setattr(trainer, "_step", spy)
     trainer.train_batch(trainer.fresh_state(), 0)
