@@ -135,6 +135,7 @@ def test_response_tokens_fit_the_fullest_micro_batch():
     mask[:, 2:, :90] = 1
     assert step_lib.response_tokens(mask, step_lib.StepConfig(micro_batches=2)) == 384   # 360 in part 1
     assert step_lib.response_tokens(mask, step_lib.StepConfig()) == 448                  # 400 in one
+    assert step_lib.response_tokens(mask, step_lib.StepConfig(), multiple=384) == 768      # 400 on 384 devices
     assert step_lib.response_tokens(mask, step_lib.StepConfig(drop_padding=False)) is None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 import time
 from collections.abc import Callable
@@ -550,7 +551,8 @@ class Trainer:
             ids, mask, put(tokens[rows][..., :width].astype(np.int32), 1), put(response_mask, 1),
             put(np.ascontiguousarray(chosen, np.int32)), put(np.ascontiguousarray(rejected, np.int32)),
             put(valid.astype(np.float32)), put(np.zeros(rows.shape, np.float32), 1))
-        return batch, step_lib.response_tokens(response_mask, self.config.step)
+        batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]          # the real tokens shard over them
+        return batch, step_lib.response_tokens(response_mask, self.config.step, math.lcm(64, batch_devices))
 
     # ---- checkpoints --------------------------------------------------------------------
     def _manager(self) -> ocp.CheckpointManager:

@@ -93,16 +93,18 @@ def policy_params(base_params, trained, config: StepConfig):
     return trained if config.full_finetune else lora_lib.merge_lora(base_params, trained, config.lora)
 
 
-def response_tokens(response_mask, config: StepConfig) -> int | None:
+def response_tokens(response_mask, config: StepConfig, multiple: int = 64) -> int | None:
     """The static size of the responses' real tokens for the step and the reference pass
     (``shared_prompt_logprobs``): ``response_mask`` [k, B, R] (host array) bucketed by its
-    micro-batch with the most real tokens; None with ``drop_padding`` off."""
+    micro-batch with the most real tokens, a multiple of ``multiple`` (the real tokens shard
+    over the batch's devices: make it divisible by their number); None with
+    ``drop_padding`` off."""
     if not config.drop_padding:
         return None
     mask = np.asarray(response_mask)
     k, prompts, r = mask.shape
     parts = config.micro_batches if prompts % config.micro_batches == 0 else 1     # _split names the misfit
-    return token_bucket(mask.reshape(k, parts, prompts // parts, r).sum((0, 2, 3)).max())
+    return token_bucket(mask.reshape(k, parts, prompts // parts, r).sum((0, 2, 3)).max(), multiple)
 
 
 def response_logprobs(model, params, batch: PairBatch, tokens: int | None = None):
