@@ -24,19 +24,28 @@ BANDITS = {
 PLAIN_BANDITS = [name for name in BANDITS if name != "rescaled_discounted_linucb"]
 
 
-def dot_precisions(jaxpr) -> list:
-    """The ``precision`` of every dot_general in ``jaxpr``, nested jaxprs (jit, while
-    loops, conds, custom derivatives) included."""
+def equations(jaxpr) -> list:
+    """Every equation in ``jaxpr``, nested jaxprs (jit, while loops, conds, custom
+    derivatives) included."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
+        found.append(eqn)
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)          # a ClosedJaxpr holds a Jaxpr
                 if hasattr(inner, "eqns"):
-                    found += dot_precisions(inner)
+                    found += equations(inner)
     return found
+
+
+def dot_equations(jaxpr) -> list:
+    """Every dot_general equation in ``jaxpr`` (see ``equations``)."""
+    return [eqn for eqn in equations(jaxpr) if eqn.primitive.name == "dot_general"]
+
+
+def dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every dot_general in ``jaxpr`` (see ``dot_equations``)."""
+    return [eqn.params["precision"] for eqn in dot_equations(jaxpr)]
 
 
 def precision_is(precision, want) -> bool:

@@ -13,9 +13,9 @@ from rmbandit.models.bert import BertConfig, BertEncoder, sentence_embeddings
 from rmbandit.models.functions import classifier_scores
 from rmbandit.models.layers import default_precision
 from rmbandit.models.lora import LoraConfig, init_lora, merge_lora
-from rmbandit.models.sampling import generate
+from rmbandit.models.sampling import generate, with_bfloat16_weights
 
-from tests.helpers import DEFAULT, HIGHEST, assert_every_dot
+from tests.helpers import DEFAULT, HIGHEST, assert_every_dot, dot_equations, equations, precision_is
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2)
 CONFIGS = {
@@ -117,3 +117,33 @@ def test_highest_compiles_to_the_same_cpu_program():
         assert ("operand_precision={highest,highest}" in text) == (precision == "auto")
         programs.append(re.sub(r", operand_precision=\{[^}]*\}|metadata=\{[^}]*\}", "", text))
     assert programs[0] == programs[1]
+
+
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "gemma2"])
+def test_bfloat16_weights_sampler_multiplies_only_weights_in_bfloat16(name):
+    """``with_bfloat16_weights``: in the prefill and both decode loops every product with a
+    weight (7 a layer, plus the vocabulary head) takes bfloat16 operands and gives float32;
+    attention's two products a layer stay float32 at HIGHEST; no arithmetic (Gemma's
+    embedding scale, norms, residual adds) computes in bfloat16."""
+    model, params, ids, mask = _model(name, jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda p: generate(*with_bfloat16_weights(model, p), ids, mask, jax.random.key(0),
+                                              max_new_tokens=16, num_samples=2, temperature=0.7, chunks=2))(params)
+    dots = [([str(v.aval.dtype) for v in eqn.invars], str(eqn.outvars[0].aval.dtype), eqn.params["precision"])
+            for eqn in dot_equations(jaxpr.jaxpr)]
+    calls, layers = 3, model.config.num_layers                     # prefill + two decode loops
+    weight = [d for d in dots if d[0] == ["bfloat16", "bfloat16"]]
+    rest = [d for d in dots if d[0] != ["bfloat16", "bfloat16"]]
+    assert len(weight) == calls * (7 * layers + 1) and all(out == "float32" for _, out, _ in weight)
+    assert len(rest) >= calls * 2 * layers
+    assert all(ins == ["float32", "float32"] and out == "float32" and precision_is(p, HIGHEST) for ins, out, p in rest)
+    moves = {"convert_element_type", "gather", "dynamic_slice", "slice", "reshape", "squeeze", "broadcast_in_dim",
+             "transpose", "concatenate", "pjit", "jit", "copy", "copy_p"}
+    in_bfloat16 = {eqn.primitive.name for eqn in equations(jaxpr.jaxpr)
+                   if any(str(getattr(v.aval, "dtype", "")) == "bfloat16" for v in eqn.outvars)}
+    assert in_bfloat16 - moves - {"dot_general"} == set(), in_bfloat16
+
+
+def test_bfloat16_weights_leave_a_bfloat16_policy_alone():
+    model, params, _, _ = _model("llama", jnp.bfloat16)
+    sampler, same = with_bfloat16_weights(model, params)
+    assert sampler is model and same is params

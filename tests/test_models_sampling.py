@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from rmbandit.models import load_pretrained
-from rmbandit.models.sampling import bucket, decode_chunks, filter_logits, generate, inverse_cdf
+from rmbandit.models.layers import BF16_WEIGHTS, dense
+from rmbandit.models.sampling import (bucket, decode_chunks, filter_logits, generate, inverse_cdf,
+                                     with_bfloat16_weights)
 
 torch = pytest.importorskip("torch")
 
@@ -149,3 +151,40 @@ def test_prompt_hidden_is_the_last_token_embedding(tiny_checkpoint):
     want = prompt_embeddings(model, params, jnp.asarray(ids), jnp.asarray(mask), "last")
     assert out.prompt_hidden.shape == (ids.shape[0], model.config.hidden_size)
     np.testing.assert_allclose(out.prompt_hidden, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_weight_product_rounds_both_operands_and_accumulates_in_float32():
+    """A dense layer at ``BF16_WEIGHTS`` = the float64 product of the bfloat16-rounded input
+    and kernel (LM-like inputs: norms in the hundreds, a shared direction), as float32."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(16, 96)) + 40.0 * rng.normal(size=96)).astype(np.float32)
+    kernel = rng.normal(0, 0.05, size=(96, 48)).astype(np.float32)
+    layer = dense(48, ("embed", "mlp"), precision=BF16_WEIGHTS)
+    got = layer.apply({"params": {"kernel": jnp.asarray(kernel, jnp.bfloat16)}}, jnp.asarray(x))
+    rounded = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, rounded(x) @ rounded(kernel), rtol=1e-6, atol=1e-4)
+    assert np.abs(np.asarray(got, np.float64) - x.astype(np.float64) @ kernel).max() > 1e-2   # it did round
+
+
+@pytest.mark.parametrize("name", ["llama_tied_mha", "qwen2_qkv_bias", "gemma2_softcap_alternating_window"])
+def test_bfloat16_weights_sample_close_to_the_float32_policy(tiny_checkpoint, name):
+    """Sampling from ``with_bfloat16_weights``: the sampler's log-probs of its own tokens
+    are the float32 policy's full-forward log-probs to bfloat16 accuracy, and the greedy
+    decode picks the float32 policy's tokens."""
+    _, path = tiny_checkpoint(name)
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch(seed=4, t=8)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    sampler, weights = with_bfloat16_weights(model, params)
+    out = generate(sampler, weights, ids, mask, jax.random.key(1), max_new_tokens=10, num_samples=2,
+                   temperature=0.8, chunks=2)
+    full_ids = jnp.concatenate([jnp.repeat(ids, 2, 0), out.tokens], 1)
+    full_mask = jnp.concatenate([jnp.repeat(mask, 2, 0), out.mask], 1)
+    logp = jax.nn.log_softmax(model.apply({"params": params}, full_ids, full_mask)[:, 7:-1], -1)
+    want = jnp.take_along_axis(logp, out.tokens[..., None], -1)[..., 0]
+    error = np.abs(np.asarray(out.logprobs) - np.asarray(want))
+    assert 0 < error.max() < 3e-2, error.max()
+    greedy = [generate(m, p, ids, mask, jax.random.key(0), max_new_tokens=6, temperature=0.0).tokens
+              for m, p in ((model, params), (sampler, weights))]
+    np.testing.assert_array_equal(*greedy)

@@ -312,3 +312,24 @@ def test_a_data_fsdp_mesh_trains_like_one_device(tmp_path, policy_dir, finished_
     for key in ("loss", "grad_norm", "bandit_reward"):
         np.testing.assert_allclose([rows["mesh"][i][key] for i in trained], [rows["one"][i][key] for i in trained],
                                    rtol=1e-2, err_msg=key)
+
+
+# --- 8. the sampler's weights ----------------------------------------------------------------
+
+@pytest.mark.parametrize("weights, casts", [("bfloat16", 1), ("policy", 0)])
+def test_training_samples_with_the_configured_weights_and_evaluation_with_the_policys(
+        tmp_path, policy_dir, monkeypatch, weights, casts):
+    """``sampling.weights=bfloat16`` (the default) samples the training batches from
+    bfloat16 copies of the weights; ``policy`` from the policy's own; evaluation's greedy
+    responses always come from the policy's own (counted as traces of the cast)."""
+    traced = []
+    monkeypatch.setattr(loop, "with_bfloat16_weights",
+                        lambda model, params, cast=loop.with_bfloat16_weights: traced.append(1) or cast(model, params))
+    assert train_config.TrainConfig().sampling.weights == "bfloat16"
+    trainer = quiet_trainer(load(write_config(tmp_path, policy_dir, mesh={"data": 1, "fsdp": 1, "devices": 1}),
+                                 f"sampling.weights={weights}"))
+    state = trainer.fresh_state()
+    state, _ = trainer.train_batch(state, 0)          # the step donates the state it was given
+    assert len(traced) == casts
+    responses = trainer.respond(["What is 2 + 3?"], state)
+    assert len(traced) == casts and isinstance(responses[0], str)

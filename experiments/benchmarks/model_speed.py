@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmbandit.models import load_pretrained, load_tokenizer
-from rmbandit.models.sampling import bucket, generate
+from rmbandit.models.sampling import bucket, generate, with_bfloat16_weights
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTIONS = ["What is 17 + 25?", "Name three colours.", "Write a haiku about rain.", "Is 91 a prime number?",
@@ -70,9 +70,19 @@ def sampling(path, tok, args):
     print("sample:", tok.decode(np.asarray(out.tokens[0])[:40]).replace("\n", " "))
 
     print(f"ratio rmbandit / transformers: {theirs / ours:.2f}x")
+    # the training loop's default sampler: bfloat16 copies of the weights (float32 activations
+    # and accumulation); transformers above samples with the float32 weights
+    sampler, weights = with_bfloat16_weights(model, params)
+    jax.block_until_ready(generate(sampler, weights, ids, mask, jax.random.key(0), **kwargs))
+    t0 = time.perf_counter()
+    jax.block_until_ready(generate(sampler, weights, ids, mask, jax.random.key(1), **kwargs))
+    ours_bf16 = time.perf_counter() - t0
+    print(f"rmbandit, bfloat16 weights: {total / ours_bf16:.0f} tok/s ({ours_bf16:.1f} s), "
+          f"{theirs / ours_bf16:.2f}x transformers' float32")
     return {"tokens": total, "rmbandit_s": ours, "rmbandit_compile_and_first_s": first, "transformers_s": theirs,
-              "rmbandit_tok_s": total / ours, "transformers_tok_s": total / theirs, "ratio": theirs / ours,
-              "jax": jax.__version__, "torch": torch.__version__}
+            "rmbandit_tok_s": total / ours, "transformers_tok_s": total / theirs, "ratio": theirs / ours,
+            "rmbandit_bf16_weights_s": ours_bf16, "ratio_bf16_weights": theirs / ours_bf16,
+            "jax": jax.__version__, "torch": torch.__version__}
 
 
 def _timed(fn) -> float:

@@ -1,6 +1,9 @@
 """One training batch end to end, rmbandit's loop vs TRL's online DPO, side by side in one
 run on this CPU: the same policy (SmolLM2-135M-Instruct GGUF, float32), LoRA q/v r16,
 4 prompts x 4 samples, 48 new tokens at T = 0.8, 8 pairs (2 per prompt), beta 0.1.
+rmbandit runs twice: with its default sampler (``sampling.weights=bfloat16``: bfloat16
+copies of the weights, float32 activations and accumulation) and with the policy's float32
+weights, as TRL samples; TRL trains and samples in float32.
 
 rmbandit's batch: sample (and the prompts' contexts from the same prefill), LASeR routing
 over three rule-based RMs, scoring, pairs, reference log-probs, the DPO step, the router's
@@ -37,7 +40,7 @@ POOL = ("pool=[{name: noisy-a, kind: verifier, verifier: correctness, noise: 1.0
 PHASES = ("time_sample", "time_router", "time_score", "time_step", "time_batch")
 
 
-def rmbandit_batches(warmup: int, batches: int) -> dict:
+def rmbandit_batches(warmup: int, batches: int, sampling_weights: str) -> dict:
     import jax.monitoring
 
     from rmbandit import config as config_lib
@@ -48,7 +51,8 @@ def rmbandit_batches(warmup: int, batches: int) -> dict:
         config = config_lib.load(TrainConfig, None, [
             f"run_dir={run_dir}", POOL, "train.prompts_per_batch=4",
             "sampling.num_samples=4", "sampling.max_new_tokens=48", "sampling.pairs_per_prompt=2",
-            "step.learning_rate=5e-6", "data.batching=shuffled", f"train.batches_per_iteration={warmup + batches}"])
+            f"sampling.weights={sampling_weights}", "step.learning_rate=5e-6", "data.batching=shuffled",
+            f"train.batches_per_iteration={warmup + batches}"])
         trainer = loop.Trainer(config, log=lambda m: None)
         compiling = [0.0]
         jax.monitoring.register_event_duration_secs_listener(
@@ -59,7 +63,7 @@ def rmbandit_batches(warmup: int, batches: int) -> dict:
             compiling[0] = 0.0
             state, row = trainer.train_batch(state, step)
             rows.append({**row, "compile_s": compiling[0]})
-            print(f"rmbandit batch {step}: " + " ".join(f"{p[5:]} {row[p]:.2f}" for p in PHASES)
+            print(f"rmbandit ({sampling_weights} sampling) batch {step}: " + " ".join(f"{p[5:]} {row[p]:.2f}" for p in PHASES)
                   + f" (compiling {compiling[0]:.1f})", flush=True)
     timed = [r for r in rows[warmup:] if not r["skipped"] and r["compile_s"] == 0.0]
     if not timed:
@@ -90,7 +94,8 @@ def main():
     args = parser.parse_args()
     start = time.time()
     trl_first = trl_batches(args.bench_python, 1, 3)
-    ours = rmbandit_batches(args.warmup, args.batches)
+    ours = rmbandit_batches(args.warmup, args.batches, "bfloat16")           # the default
+    ours_float32 = rmbandit_batches(args.warmup, args.batches, "policy")     # float32 weights, as TRL samples
     trl_second = trl_batches(args.bench_python, 1, 3)
     trl_total = statistics.median([trl_first["median_seconds"]["total"], trl_second["median_seconds"]["total"]])
     trl_fastest = min(trl_first["fastest_batch"]["total"], trl_second["fastest_batch"]["total"])
@@ -100,6 +105,8 @@ def main():
         "trl_median_total_s": trl_total, "trl_fastest_total_s": trl_fastest,
         "speedup_median": trl_total / ours["median_seconds"]["batch"],
         "speedup_fastest": trl_fastest / ours["fastest_batch"]["batch"],
+        "rmbandit_float32_sampling": ours_float32,
+        "speedup_median_float32_sampling": trl_total / ours_float32["median_seconds"]["batch"],
         "load_average_after": os.getloadavg(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

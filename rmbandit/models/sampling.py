@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rmbandit.models.layers import continue_prompts, grow_cache, init_cache
+from rmbandit.models.layers import BF16_WEIGHTS, continue_prompts, grow_cache, init_cache
 from rmbandit.text import bucket          # also re-exported: callers bucket prompt lengths with it
 
 Array = jax.Array
@@ -22,6 +22,24 @@ class Samples(NamedTuple):
     logprobs: Array        # [B * n, max_new] log p(token) under the unscaled model (temperature 1)
     prompt_hidden: Array   # [B, D] final hidden state at each prompt's last position (LASeR's context,
                            # from the prefill the samples need anyway)
+
+
+def with_bfloat16_weights(model, params):
+    """(model, params) -> the same policy reading bfloat16 copies of its weight matrices:
+    every product with a weight (projections, MLP, vocabulary head) rounds both operands to
+    bfloat16 and accumulates in float32 (``layers.BF16_WEIGHTS``), while activations, norms,
+    attention and the KV cache stay float32.
+
+    For sampling a float32 policy on CPU: a decode step multiplies 16-row activations by
+    every weight, and XLA:CPU's bfloat16 kernels run those products 2.3x as fast as its
+    float32 ones (the whole sampler 1.4x).  It changes which tokens are drawn, the samples'
+    log-probs and the prefill's hidden states (LASeR's context) to bfloat16 accuracy; the
+    DPO step recomputes every log-prob it trains on in float32.  A policy that is not
+    float32 comes back unchanged."""
+    if jnp.dtype(model.dtype) != jnp.float32:
+        return model, params
+    cast = lambda x: x.astype(jnp.bfloat16) if x.ndim >= 2 and x.dtype == jnp.float32 else x
+    return model.clone(precision=BF16_WEIGHTS), jax.tree.map(cast, params)
 
 
 def filter_logits(logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Array:

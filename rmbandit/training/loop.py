@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from rmbandit import config as config_lib
 from rmbandit import bandits, data, parallel, routers, text
 from rmbandit.models import load_pretrained, load_tokenizer, prompt_embeddings
-from rmbandit.models.sampling import bucket, generate
+from rmbandit.models.sampling import bucket, generate, with_bfloat16_weights
 from rmbandit.rewards import labels as labels_lib
 from rmbandit.rewards import pool as pool_lib
 from rmbandit.training import report
@@ -187,9 +187,12 @@ class Trainer:
         self._embed = jax.jit(lambda base, trained, ids, mask: prompt_embeddings(
             model, merged(base, trained), ids, mask, cfg.router.pooling))
 
-        @functools.partial(jax.jit, static_argnames=("samples", "temperature", "max_new"))
-        def sample(base, trained, ids, mask, key, samples, temperature, max_new):
-            return generate(model, merged(base, trained), ids, mask, key, max_new_tokens=max_new,
+        @functools.partial(jax.jit, static_argnames=("samples", "temperature", "max_new", "weights"))
+        def sample(base, trained, ids, mask, key, samples, temperature, max_new, weights="policy"):
+            sampler, params = model, merged(base, trained)
+            if weights == "bfloat16":
+                sampler, params = with_bfloat16_weights(model, params)
+            return generate(sampler, params, ids, mask, key, max_new_tokens=max_new,
                             num_samples=samples, temperature=temperature, top_p=cfg.sampling.top_p,
                             eos_ids=self.eos_ids, pad_id=self.pad_id)
 
@@ -305,7 +308,7 @@ class Trainer:
             ids, mask = self._batch_sharded(enc["input_ids"]), self._batch_sharded(enc["attention_mask"])
             n = cfg.sampling.num_samples
             samples = self._sample(self.base, state["train"].params, ids, mask, sample_key, n,
-                                   cfg.sampling.temperature, cfg.sampling.max_new_tokens)
+                                   cfg.sampling.temperature, cfg.sampling.max_new_tokens, cfg.sampling.weights)
             tokens, token_mask = np.asarray(samples.tokens), np.asarray(samples.mask)
             responses = decode_responses(self.tokenizer, tokens, token_mask)
             times["time_sample"] = time.perf_counter() - clock
