@@ -55,6 +55,14 @@ def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                                preferred_element_type=jnp.float32)
 
 
+def weight_einsum(spec: str, x: Array, weight: Array, precision) -> Array:
+    """``jnp.einsum(spec, x, weight)`` at a model's ``precision``, ``BF16_WEIGHTS`` included
+    (for weight products outside a dense layer, such as a tied vocabulary head)."""
+    if bf16_weights(precision):
+        return jnp.einsum(spec, x.astype(jnp.bfloat16), weight.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return jnp.einsum(spec, x, weight, precision=precision)
+
+
 def dense(features, names, use_bias=False, name=None, dtype=jnp.float32, precision=None):
     product = ({"dot_general": _bf16_dot_general, "precision": None} if bf16_weights(precision)
                else {"precision": precision})

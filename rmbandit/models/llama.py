@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.config import ModelConfig
-from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, bf16_weights, dense,
-                                    gather_real, real_token_index, resolve_precision, rope_tables, softcap)
+from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense, gather_real,
+                                    real_token_index, resolve_precision, rope_tables, softcap, weight_einsum)
 
 Array = jax.Array
 
@@ -187,11 +187,7 @@ class LlamaModel(nn.Module):
             return nn.with_logical_constraint(out.astype(jnp.float32),
                                               ("activation_batch", "activation_length", None))
         if cfg.tie_word_embeddings:
-            if bf16_weights(precision):
-                logits = jnp.einsum("btd,vd->btv", x.astype(jnp.bfloat16), embed.astype(jnp.bfloat16),
-                                    preferred_element_type=jnp.float32)
-            else:
-                logits = jnp.einsum("btd,vd->btv", x, embed, precision=precision)
+            logits = weight_einsum("btd,vd->btv", x, embed, precision)
         else:
             logits = dense(cfg.vocab_size, ("embed", "vocab"), False, "lm_head", self.dtype, precision)(x)
         return nn.with_logical_constraint(softcap(logits.astype(jnp.float32), cfg.final_softcap),
