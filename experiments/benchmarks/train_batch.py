@@ -68,7 +68,8 @@ def rmbandit_batches(warmup: int, batches: int, sampling_weights: str) -> dict:
     timed = [r for r in rows[warmup:] if not r["skipped"] and r["compile_s"] == 0.0]
     if not timed:
         raise SystemExit("every timed batch compiled something: run with more --batches")
-    return {"timed_batches": len(timed), "compile_s": [round(r["compile_s"], 1) for r in rows],"median_seconds": {p[5:]: statistics.median(r[p] for r in timed) for p in PHASES},
+    return {"timed_batches": len(timed), "compile_s": [round(r["compile_s"], 1) for r in rows],
+            "median_seconds": {p[5:]: statistics.median(r[p] for r in timed) for p in PHASES},
             "fastest_batch": {p[5:]: v for p, v in min(timed, key=lambda r: r["time_batch"]).items() if p in PHASES},
             "router_share": statistics.median(r["time_router"] / r["time_batch"] for r in timed),
             "pairs": [r["pairs"] for r in timed], "rms": [r["rm"] for r in timed]}

@@ -44,7 +44,7 @@ BF16_WEIGHTS = jax.lax.DotAlgorithmPreset.BF16_BF16_F32
 
 def bf16_weights(precision) -> bool:
     """Whether ``precision`` is ``BF16_WEIGHTS``."""
-    return isinstance(precision, jax.lax.DotAlgorithmPreset) and precision == BF16_WEIGHTS
+    return precision is BF16_WEIGHTS             # enum members are singletons
 
 
 def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
