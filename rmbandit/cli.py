@@ -327,9 +327,15 @@ def config_arguments(parser, config_help: str, overrides_help: str) -> None:
 
 def console_main() -> int:
     """The ``rmbandit`` command: the process is ours, so its allocator keeps the memory
-    XLA:CPU frees for the next call (``host.retain_freed_memory``), then ``main``."""
+    XLA:CPU frees for the next call (``host.retain_freed_memory``) and its compiled
+    programs persist on disk for the next run (``host.use_compile_cache``), then ``main``."""
     from rmbandit import host
     host.retain_freed_memory()
+    try:
+        host.use_compile_cache()
+    except ValueError as err:
+        print(f"rmbandit: error: {err}", file=sys.stderr)
+        return 2
     return main()
 
 

@@ -57,7 +57,9 @@ def merge_lora(params, lora, config: LoraConfig = LoraConfig(), precision="auto"
     "auto" follows the kernel's dtype as the models do (``layers.resolve_precision``)."""
     flat = flax.traverse_util.flatten_dict(params)
     adapters = flax.traverse_util.flatten_dict(lora)
-    for path in {p[:-1] for p in adapters}:
+    # in the pytree's order, not a set's (string hashes change per process): the same program
+    # text in every run, so the persistent compilation cache finds it
+    for path in dict.fromkeys(p[:-1] for p in adapters):
         a, b = adapters[path + ("a",)], adapters[path + ("b",)]
         kernel = flat[path + ("kernel",)]
         product = jnp.matmul(a, b, precision=resolve_precision(precision, kernel.dtype))
