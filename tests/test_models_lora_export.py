@@ -106,3 +106,44 @@ def test_sequence_classifier_export_round_trips_through_transformers(tiny_checkp
     again, params2 = load_pretrained(out)
     assert again.config == model.config
     np.testing.assert_array_equal(params2["score"]["kernel"], params["score"]["kernel"])
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_unmerged_adapters_give_the_merged_models_outputs_and_gradients(tiny, remat):
+    from rmbandit.models.lora import unmerged
+    model, params = tiny
+    model = model.clone(remat=remat)
+    cfg = LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"))
+    rng = np.random.default_rng(1)
+    lora = jax.tree.map(lambda x: jnp.asarray(0.1 * rng.normal(size=x.shape), x.dtype),
+                        init_lora(jax.random.key(0), params, cfg))
+    ids, mask = map(jnp.asarray, padded_batch())
+
+    def merged(adapters):
+        return model.apply({"params": merge_lora(params, adapters, cfg)}, ids, mask)
+
+    def beside(adapters):
+        with unmerged(adapters, cfg):
+            return model.apply({"params": params}, ids, mask)
+
+    want, got = merged(lora), jax.jit(beside)(lora)
+    assert float(jnp.max(jnp.abs(want - model.apply({"params": params}, ids, mask)))) > 1e-2   # the adapters act
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    loss = lambda fn: lambda adapters: jnp.sum(jax.nn.log_softmax(fn(adapters))[..., 3] * mask)  # noqa: E731
+    grads_want, grads_got = jax.grad(loss(merged))(lora), jax.jit(jax.grad(loss(beside)))(lora)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads_want):
+        scale = float(jnp.max(jnp.abs(g)))
+        assert scale > 0, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(dict(jax.tree_util.tree_leaves_with_path(grads_got))[path], g, rtol=1e-4,
+                                   atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+def test_unmerged_adapters_of_another_model_are_an_error(tiny):
+    from rmbandit.models.lora import unmerged
+    model, params = tiny
+    lora = init_lora(jax.random.key(0), params, LoraConfig(rank=2))
+    lora["layers_9"] = lora["layers_1"]                                 # the model has 2 layers
+    ids, mask = map(jnp.asarray, padded_batch())
+    with pytest.raises(ValueError, match=r"layers_9/self_attn/q_proj.*init_lora"):
+        with unmerged(lora, LoraConfig(rank=2)):
+            model.apply({"params": params}, ids, mask)

@@ -3,7 +3,8 @@
 The policy is ``base`` (frozen) + ``state.params``: LoRA adapters (``models.lora``) or,
 with full fine-tuning, the whole params pytree (``base`` is then unused).  Gradients are
 taken with respect to ``state.params`` alone, so the frozen matrices get no weight
-gradient.  A batch is grouped by prompt: each prompt runs once for all the responses its
+gradient; the adapters run beside the frozen kernels (``lora.unmerged``), so theirs costs
+rank-r products, not a weight-sized one per adapted matrix.  A batch is grouped by prompt: each prompt runs once for all the responses its
 pairs use (``shared_prompt_logprobs``), and each pair indexes two of them, so a response
 in several pairs is computed once.  The reference log-probs come in the batch, computed
 once per batch outside the gradient (``reference_logprobs``).  The prompts split into
@@ -89,7 +90,8 @@ def init_state(key: Array, base_params, config: StepConfig) -> TrainState:
 
 
 def policy_params(base_params, trained, config: StepConfig):
-    """The policy's full params: the trained pytree itself, or base + LoRA merged."""
+    """The policy's full params: the trained pytree itself, or base + LoRA merged (the
+    sampler's and the embeddings'; the step runs the adapters unmerged, ``policy_logprobs``)."""
     return trained if config.full_finetune else lora_lib.merge_lora(base_params, trained, config.lora)
 
 
@@ -115,11 +117,23 @@ def response_logprobs(model, params, batch: PairBatch, tokens: int | None = None
     return out.total.reshape(shape), out.length.reshape(shape)
 
 
+def policy_logprobs(model, base_params, trained, batch: PairBatch, config: StepConfig,
+                    tokens: int | None = None):
+    """``response_logprobs`` of the policy base + ``trained``: the full params, or the LoRA
+    adapters run unmerged (``lora.unmerged``: differentiable at rank-r cost)."""
+    if config.full_finetune:
+        return response_logprobs(model, trained, batch, tokens)
+    with lora_lib.unmerged(trained, config.lora):
+        return response_logprobs(model, base_params, batch, tokens)
+
+
 def reference_logprobs(model, base_params, reference, batch: PairBatch, config: StepConfig,
                        tokens: int | None = None) -> Array:
     """log pi_ref(y | x) [k, B], no gradient: ``reference`` is the reference policy's trained
-    pytree (LoRA adapters, or full params); ``tokens``: ``response_tokens``."""
-    total, _ = response_logprobs(model, policy_params(base_params, reference, config), batch, tokens)
+    pytree (LoRA adapters, or full params), run as the step runs the policy
+    (``policy_logprobs``), so a policy equal to its reference has a zero margin;
+    ``tokens``: ``response_tokens``."""
+    total, _ = policy_logprobs(model, base_params, reference, batch, config, tokens)
     return jax.lax.stop_gradient(total)
 
 
@@ -167,7 +181,7 @@ def make_train_step(model, config: StepConfig):
     optimizer = make_optimizer(config)
 
     def micro_loss(trained, base_params, micro: PairBatch, count, tokens):
-        policy, lengths = response_logprobs(model, policy_params(base_params, trained, config), micro, tokens)
+        policy, lengths = policy_logprobs(model, base_params, trained, micro, config, tokens)
         policy, lengths, reference = (pick_pairs(x, micro) for x in (policy, lengths, micro.reference))
         losses = pair_losses(policy, lengths, reference, config) * micro.valid
         margin = log_ratio_margin(policy[0], policy[1], reference[0], reference[1]) * micro.valid
