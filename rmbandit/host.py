@@ -2,10 +2,10 @@
 tuned for XLA:CPU, and a persistent compilation cache.  Each is an application's choice,
 never made by importing the library.
 
-The allocator.  XLA:CPU allocates the temporaries of each call of a compiled program as one buffer: 1.5 GB
-for the SmolLM2 DPO step.  glibc serves a buffer that large with mmap and unmaps it when
-it is freed, so every call faults all of it back in, a zeroed page at a time (360,000
-page faults a step, measured).  ``retain_freed_memory`` has glibc keep what it frees for
+The allocator.  XLA:CPU allocates the temporaries of each call of a compiled program as
+one buffer: 1.5 GB for the SmolLM2 DPO step.  glibc serves a buffer that large with mmap
+and unmaps it when it is freed, so every call faults all of it back in, a zeroed page at a
+time (360,000 page faults a step, measured).  ``retain_freed_memory`` has glibc keep what it frees for
 the next call instead.
 
 The compilation cache.  Each new shape of a batch (prompt width, real response tokens)

@@ -15,8 +15,8 @@ that load on the shared cores hits both.
 
 Compiles are kept out: a batch whose prompt width or real response tokens (bucketed) are
 new compiles its sampling and step programs; the median is over the batches after
-``--warmup`` that compiled nothing (``jax.monitoring``'s backend-compile events), and the
-compile seconds are reported apart.
+``--warmup`` that traced and compiled nothing (``jax.monitoring``'s trace, lowering and
+backend-compile events), and those seconds are reported apart.
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ RESULTS = pathlib.Path(__file__).parent / "results" / "train_batch.json"
 POOL = ("pool=[{name: noisy-a, kind: verifier, verifier: correctness, noise: 1.0, seed: 0}, "
         "{name: noisy-b, kind: verifier, verifier: correctness, noise: 1.0, seed: 1}, "
         "{name: noisy-c, kind: verifier, verifier: correctness, noise: 1.0, seed: 2}]")
+# a batch with any of these traced or compiled something (a retrace can reuse an executable,
+# so XLA's compile alone misses some)
+COMPILE_EVENTS = ("backend_compile_duration", "jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")
 PHASES = ("time_sample", "time_router", "time_score", "time_step", "time_batch")
 
 
@@ -54,10 +57,10 @@ def rmbandit_batches(warmup: int, batches: int, sampling_weights: str) -> dict:
             f"sampling.weights={sampling_weights}", "step.learning_rate=5e-6", "data.batching=shuffled",
             f"train.batches_per_iteration={warmup + batches}"])
         trainer = loop.Trainer(config, log=lambda m: None)
-        compiling = [0.0]
+        compiling = [0.0]          # seconds of tracing, lowering and XLA compile in the batch
         jax.monitoring.register_event_duration_secs_listener(
             lambda event, seconds, **_: compiling.__setitem__(0, compiling[0] + seconds)
-            if event.endswith("backend_compile_duration") else None)
+            if event.endswith(COMPILE_EVENTS) else None)
         state, rows = trainer.fresh_state(), []
         for step in range(warmup + batches):
             compiling[0] = 0.0

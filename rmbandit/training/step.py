@@ -4,8 +4,8 @@ The policy is ``base`` (frozen) + ``state.params``: LoRA adapters (``models.lora
 with full fine-tuning, the whole params pytree (``base`` is then unused).  Gradients are
 taken with respect to ``state.params`` alone, so the frozen matrices get no weight
 gradient; the adapters run beside the frozen kernels (``lora.unmerged``), so theirs costs
-rank-r products, not a weight-sized one per adapted matrix.  A batch is grouped by prompt: each prompt runs once for all the responses its
-pairs use (``shared_prompt_logprobs``), and each pair indexes two of them, so a response
+rank-r products, not a weight-sized one per adapted matrix.  A batch is grouped by
+prompt: each prompt runs once for all the responses its pairs use (``shared_prompt_logprobs``), and each pair indexes two of them, so a response
 in several pairs is computed once.  The reference log-probs come in the batch, computed
 once per batch outside the gradient (``reference_logprobs``).  The prompts split into
 ``micro_batches`` equal parts whose gradients are summed in a ``lax.scan`` (gradient
@@ -131,8 +131,8 @@ def reference_logprobs(model, base_params, reference, batch: PairBatch, config: 
                        tokens: int | None = None) -> Array:
     """log pi_ref(y | x) [k, B], no gradient: ``reference`` is the reference policy's trained
     pytree (LoRA adapters, or full params), run as the step runs the policy
-    (``policy_logprobs``), so a policy equal to its reference has a zero margin;
-    ``tokens``: ``response_tokens``."""
+    (``policy_logprobs``: the same products, so no merged-vs-unmerged rounding enters the
+    margin); ``tokens``: ``response_tokens``."""
     total, _ = policy_logprobs(model, base_params, reference, batch, config, tokens)
     return jax.lax.stop_gradient(total)
 
