@@ -23,6 +23,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import warnings
 
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -72,7 +73,8 @@ def host_key(cpuinfo: str | None = None) -> str:
 def use_compile_cache(setting: str | None = None) -> pathlib.Path | None:
     """Turn on JAX's persistent compilation cache in ``setting`` (default: the
     ``RMBANDIT_COMPILE_CACHE`` variable, else ``default_compile_cache()``) / ``host_key()``;
-    "off" leaves it off.  A cache directory set through JAX itself
+    "off" leaves it off; an unwritable directory is an error where asked for, a warning (and
+    no cache) at the default place.  A cache directory set through JAX itself
     (``JAX_COMPILATION_CACHE_DIR``, ``jax.config``) is kept as it is.  Call it before JAX
     compiles anything.  Returns the directory in use, or None."""
     import jax
@@ -86,8 +88,12 @@ def use_compile_cache(setting: str | None = None) -> pathlib.Path | None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"{COMPILE_CACHE_VARIABLE}: cannot create the compilation cache {directory} "
-                         f"({err.strerror}); point it at a writable directory, or set it to off") from None
+        problem = (f"cannot create the compilation cache {directory} ({err.strerror}); point "
+                   f"{COMPILE_CACHE_VARIABLE} at a writable directory, or set it to off")
+        if setting:                 # asked for: an error; the default place: run without the cache
+            raise ValueError(f"{COMPILE_CACHE_VARIABLE}: {problem}") from None
+        warnings.warn(f"running without a compilation cache: {problem}", stacklevel=2)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(directory))
     if jax.config.jax_compilation_cache_max_size == -1:       # JAX's default: no limit
         jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_BYTES)

@@ -59,7 +59,7 @@ def cached_run(*args, **env):
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
     out = subprocess.run([sys.executable, "-c", CACHE_PROGRAM, *args], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.splitlines()[-1])
+    return {**json.loads(out.stdout.splitlines()[-1]), "stderr": out.stderr}
 
 
 def test_a_second_process_loads_the_compiled_program_from_the_host_cache(tmp_path):
@@ -146,3 +146,11 @@ def test_the_loop_programs_are_the_same_text_in_every_process():
         assert out.returncode == 0, out.stderr[-2000:]
         texts.add(out.stdout.split()[-2] + out.stdout.split()[-1])
     assert len(texts) == 1
+
+
+def test_an_unwritable_default_cache_warns_and_the_run_goes_on(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = cached_run(XDG_CACHE_HOME=str(blocker))             # no RMBANDIT_COMPILE_CACHE: the default place
+    assert out["directory"] is None and out["hits"] == out["misses"] == 0
+    assert "running without a compilation cache" in out["stderr"] and "RMBANDIT_COMPILE_CACHE" in out["stderr"]
