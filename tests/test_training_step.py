@@ -250,8 +250,9 @@ def test_the_lora_step_forms_no_weight_sized_gradient(model_and_params):
         jaxpr = jax.make_jaxpr(jax.grad(loss))(state.params).jaxpr
         return [eqn for eqn in dot_equations(jaxpr) if tuple(eqn.outvars[0].aval.shape) in kernels]
 
-    def merged(trained):
-        total, _ = step_lib.response_logprobs(model, step_lib.policy_params(params, trained, config), batch)
+    def merged(trained):             # step.merge_adapters: through W + s a b
+        merging = dataclasses.replace(config, merge_adapters=True)
+        total, _ = step_lib.policy_logprobs(model, params, trained, batch, merging)
         return jnp.sum(total)
 
     def step_way(trained):
@@ -260,3 +261,14 @@ def test_the_lora_step_forms_no_weight_sized_gradient(model_and_params):
 
     assert len(weight_sized(merged)) >= 2 * CONFIG.num_layers * len(kernels)      # the walk sees them
     assert weight_sized(step_way) == []
+
+
+def test_merged_and_unmerged_adapters_take_the_same_step(model_and_params):
+    model, params = model_and_params
+    batches = [make_batch(seed=s) for s in range(2)]
+    apart, m1 = run_steps(model, params, step_lib.StepConfig(learning_rate=1e-2), batches)
+    merged, m2 = run_steps(model, params, step_lib.StepConfig(learning_rate=1e-2, merge_adapters=True), batches)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["losses"], m2["losses"], rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(apart.params), jax.tree.leaves(merged.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)         # see the accumulation test's atol

