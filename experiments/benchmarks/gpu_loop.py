@@ -94,7 +94,8 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
     step_s = median_time(one_step, repeats)
     tokens = prompts * (prompt_len + responses * response_len)
     stats = jax.devices()[0].memory_stats() or {}
-    return {"shape": shape, "merge_adapters": merge_adapters, "params": int(n_params), "prompts": prompts, "responses_per_prompt": responses,
+    return {"shape": shape, "merge_adapters": merge_adapters, "params": int(n_params), "prompts": prompts,
+            "responses_per_prompt": responses,
             "pairs": prompts * pairs, "prompt_len": prompt_len, "response_len": response_len,
             "tokens_per_step": tokens, "reference_ms": 1e3 * ref_s, "step_ms": 1e3 * step_s,
             "step_mfu": 4 * n_params * tokens / step_s / PEAK_BF16,
