@@ -5,8 +5,9 @@ with full fine-tuning, the whole params pytree (``base`` is then unused).  Gradi
 taken with respect to ``state.params`` alone, so the frozen matrices get no weight
 gradient; the adapters run beside the frozen kernels (``lora.unmerged``), so theirs costs
 rank-r products, not a weight-sized one per adapted matrix.  A batch is grouped by
-prompt: each prompt runs once for all the responses its pairs use (``shared_prompt_logprobs``), and each pair indexes two of them, so a response
-in several pairs is computed once.  The reference log-probs come in the batch, computed
+prompt: each prompt runs once for all the responses its pairs use
+(``shared_prompt_logprobs``), and each pair indexes two of them, so a response in several
+pairs is computed once.  The reference log-probs come in the batch, computed
 once per batch outside the gradient (``reference_logprobs``).  The prompts split into
 ``micro_batches`` equal parts whose gradients are summed in a ``lax.scan`` (gradient
 accumulation); invalid pair slots (``valid = 0``) weigh nothing, and the loss is the mean
