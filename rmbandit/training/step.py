@@ -46,7 +46,7 @@ class StepConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     # False: adapters beside the frozen kernels (lora.unmerged), rank-r gradient products;
     # True: through merged kernels W + s a b, a weight-sized x^T dy per adapted matrix but
-    # about 15 % less XLA compile time for the step (measured on SmolLM2, XLA:CPU)
+    # about 10 % less XLA compile time (SmolLM2 on XLA:CPU: experiments/benchmarks/lora_step.py)
     merge_adapters: bool = False
     drop_padding: bool = True              # responses run as their real tokens alone (``response_tokens``)
 
