@@ -8,6 +8,7 @@ import pytest
 from rmbandit.models import ModelConfig, decoder_for
 from rmbandit.models.functions import shared_prompt_logprobs, token_bucket
 from rmbandit.models.layers import real_token_index
+from tests.helpers import equations
 
 TINY = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8)
@@ -51,7 +52,7 @@ def test_real_tokens_give_the_padded_forwards_outputs(model_type):
         np.testing.assert_allclose(got[:real, 0], padded[mask.astype(bool)], rtol=2e-5, atol=2e-5)
         assert np.isfinite(got).all()                                       # unused slots too
     index = np.asarray(real_token_index(jnp.asarray(mask, bool), real + 2))
-    np.testing.assert_array_equal(index, list(np.flatnonzero(mask)) + [mask.size] * 2)
+    np.testing.assert_array_equal(index, list(np.flatnonzero(mask)) + [mask.size, mask.size + 1])
 
 
 def test_real_tokens_reject_last_only():
@@ -92,6 +93,33 @@ def test_shared_prompt_logprobs_and_gradients_without_the_padding(model_type):
     assert float(jnp.abs(want_out.per_token).max()) > 1.0
     for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):       # float32 sums in another order
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(np.abs(b).max()))
+
+
+def test_the_real_token_scatters_differentiate_as_plain_scatters():
+    """The slots of the real tokens are unique and sorted, and the scatters say so: their
+    derivative is then a scatter of the tangents.  Undeclared, JAX differentiates a
+    scatter as if slots collided (a uint32 id per element of q, k and v, scattered,
+    gathered back and compared, in every layer of the step)."""
+    model, params = tiny("llama")
+    rng = np.random.default_rng(3)
+    prompts = jnp.asarray(rng.integers(1, TINY["vocab_size"], (2, 5)), jnp.int32)
+    responses = jnp.asarray(rng.integers(1, TINY["vocab_size"], (2, 2, 6)), jnp.int32)
+    response_mask = jnp.asarray(np.arange(6)[None, None] < np.array([[2, 6], [3, 1]])[..., None], jnp.int32)
+
+    def objective(p):
+        return shared_prompt_logprobs(model, p, prompts, jnp.ones_like(prompts), responses, response_mask, 16).total.sum()
+
+    found = equations(jax.make_jaxpr(jax.grad(objective))(params).jaxpr)
+    scatters = [eqn for eqn in found if eqn.primitive.name == "scatter"]
+    gathers = [eqn for eqn in found if eqn.primitive.name == "gather"]
+    assert len(scatters) >= 3 * TINY["num_hidden_layers"]           # q, k, v of every layer, and their tangents
+    assert all(eqn.params["unique_indices"] and eqn.params["indices_are_sorted"] for eqn in scatters)
+    assert any(eqn.params["unique_indices"] for eqn in gathers)
+    assert not [eqn for eqn in found if any(getattr(v.aval, "dtype", None) == jnp.uint32 and v.aval.ndim >= 2
+                                            for v in eqn.outvars)]
+    # unused slots point past the layout, each to its own index: unique, increasing, dropped
+    index = np.asarray(real_token_index(response_mask.reshape(4, 6).astype(bool), 16))
+    assert (np.diff(index) > 0).all() and (index[12:] >= 24).all()
 
 
 def test_token_buckets_are_few_and_tight():

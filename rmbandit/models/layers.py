@@ -143,22 +143,30 @@ def attention_bias(query_pos: Array, key_pos: Array, key_valid: Array, window: i
 
 def real_token_index(valid: Array, size: int) -> Array:
     """The flat slots (b * T + t) of the real tokens of a padded [B, T] layout (``valid``),
-    in order, then B * T (no slot) up to the static ``size``: the map between a padded
-    batch and its real tokens alone.  ``size`` must be at least the number of real tokens
-    (more are dropped)."""
-    return jnp.nonzero(valid.reshape(-1), size=size, fill_value=valid.size)[0].astype(jnp.int32)
+    in order, then B * T, B * T + 1, ... (no slot) up to the static ``size``: the map
+    between a padded batch and its real tokens alone.  ``size`` must be at least the number
+    of real tokens (more are dropped).  Every index differs and they increase, so
+    ``gather_real`` / ``scatter_real`` declare them unique and sorted: the scatter's
+    derivative is then a scatter of the tangents, not JAX's scheme for colliding indices
+    (an id per element scattered, gathered back and compared: three more passes over q,
+    k and v in every layer of the step)."""
+    flat = valid.reshape(-1)
+    index = jnp.nonzero(flat, size=size, fill_value=flat.size)[0].astype(jnp.int32)
+    unused = jnp.arange(size, dtype=jnp.int32) - jnp.sum(flat, dtype=jnp.int32)       # >= 0 on the unused slots
+    return jnp.where(unused >= 0, flat.size + unused, index)
 
 
 def gather_real(x: Array, real: Array) -> Array:
     """[B, T, ...] -> [n, 1, ...]: the real tokens of a padded layout (zeros in unused slots),
     one per row of length 1, so that the batch's sharding carries over to them."""
     flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-    return flat.at[real].get(mode="fill", fill_value=0)[:, None]
+    return flat.at[real].get(mode="fill", fill_value=0, unique_indices=True, indices_are_sorted=True)[:, None]
 
 
 def scatter_real(x: Array, real: Array, padded: tuple[int, int]) -> Array:
     """[n, 1, ...] -> [B, T, ...] (``padded`` = (B, T)): ``gather_real`` undone, zeros at the padding."""
-    flat = jnp.zeros((padded[0] * padded[1], *x.shape[2:]), x.dtype).at[real].set(x[:, 0], mode="drop")
+    flat = jnp.zeros((padded[0] * padded[1], *x.shape[2:]), x.dtype).at[real].set(
+        x[:, 0], mode="drop", unique_indices=True, indices_are_sorted=True)
     return flat.reshape(*padded, *x.shape[2:])
 
 
