@@ -11,6 +11,10 @@ and Llama-3-8B shapes, and the time split of whole training batches of the real 
 
     python experiments/benchmarks/gpu_loop.py [--tiny] [--parts step8b,step1b,loop] --out DIR
 
+Part ``step8b`` also traces 3 steps with ``jax.profiler`` and keeps a summary of where the
+device time went (``rmbandit.profiling``: ms per step by op kind, name scope and source line, the
+heaviest ops) under ``profile`` in the results; ``--no-profile`` skips it.
+
 Part ``step8b_merged`` runs the 8B step with ``step.merge_adapters`` (differentiating through
 merged kernels), to compare with the default unmerged adapters on the same device.
 
@@ -29,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmbandit import profiling
 from rmbandit.models import LlamaModel, ModelConfig
 from rmbandit.training import step as step_lib
 
@@ -53,7 +58,7 @@ def median_time(fn, repeats):
 
 
 def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, response_len: int, repeats: int,
-                   dtype=jnp.bfloat16, merge_adapters: bool = False) -> dict:
+                   dtype=jnp.bfloat16, merge_adapters: bool = False, profile_dir: pathlib.Path | None = None) -> dict:
     config = ModelConfig(model_type="llama", **SHAPES[shape])
     model = LlamaModel(config, dtype=dtype)
     start = time.perf_counter()
@@ -81,19 +86,26 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
     compile_ref = time.perf_counter() - start
     batch = batch._replace(reference=ref)
     start = time.perf_counter()
-    state, metrics = train_step(state, params, batch)
+    compiled_step = train_step.lower(state, params, batch).compile()      # compiled once: timed and profiled
+    state, metrics = compiled_step(state, params, batch)
     jax.block_until_ready(metrics["loss"])
     compile_step = time.perf_counter() - start
     holder = {"state": state}
 
     def one_step():
-        holder["state"], m = train_step(holder["state"], params, batch)
+        holder["state"], m = compiled_step(holder["state"], params, batch)
         return m["loss"]
 
     ref_s = median_time(lambda: reference(params, state.params, batch), repeats)
     step_s = median_time(one_step, repeats)
     tokens = prompts * (prompt_len + responses * response_len)
     stats = jax.devices()[0].memory_stats() or {}
+    profile = None
+    if profile_dir is not None:          # where the step's device time goes, by op kind and source line
+        try:
+            profile = profiling.profile_calls(one_step, compiled_step.as_text(), 3, profile_dir)
+        except Exception as err:         # no profiler on the device: keep the timings
+            profile = {"error": repr(err)}
     return {"shape": shape, "merge_adapters": merge_adapters, "params": int(n_params), "prompts": prompts,
             "responses_per_prompt": responses,
             "pairs": prompts * pairs, "prompt_len": prompt_len, "response_len": response_len,
@@ -102,7 +114,7 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
             "reference_mfu": 2 * n_params * tokens / ref_s / PEAK_BF16,
             "step_plus_reference_mfu": 6 * n_params * tokens / (step_s + ref_s) / PEAK_BF16,
             "compile_s": {"reference": compile_ref, "step": compile_step}, "init_s": init_s,
-            "peak_gib": stats.get("peak_bytes_in_use", 0) / 2**30, "loss": float(metrics["loss"])}
+            "peak_gib": stats.get("peak_bytes_in_use", 0) / 2**30, "loss": float(metrics["loss"]), "profile": profile}
 
 
 def write_checkpoint(shape: str, tokenizer_dir: str, out: pathlib.Path) -> pathlib.Path:
@@ -159,6 +171,8 @@ def main():
     parser.add_argument("--tokenizer", default=".bench/tokenizer")
     parser.add_argument("--out", default="gpu_out")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip tracing 3 steps of part step8b (the summary goes to the results' profile)")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +184,9 @@ def main():
             if part in ("step8b", "step8b_merged"):        # merged: step.merge_adapters, for comparison
                 results[part] = step_benchmark("tiny" if args.tiny else "8b", 8, 2, 256 if not args.tiny else 16,
                                                256 if not args.tiny else 16, args.repeats,
-                                               merge_adapters=part.endswith("merged"))
+                                               merge_adapters=part.endswith("merged"),
+                                               profile_dir=pathlib.Path("/tmp/gpu_profile") / part
+                                               if args.profile and part == "step8b" else None)
             elif part == "step1b":
                 results[part] = step_benchmark("tiny" if args.tiny else "1b", 16, 2, 256 if not args.tiny else 16,
                                                256 if not args.tiny else 16, args.repeats)
@@ -187,7 +203,12 @@ def main():
         except Exception as err:            # keep what the other parts measured
             results[part] = {"error": repr(err)}
         results[part]["wall_s"] = time.perf_counter() - start
-        print(part, json.dumps({k: v for k, v in results[part].items() if k != "rows"}), flush=True)
+        print(part, json.dumps({k: v for k, v in results[part].items() if k not in ("rows", "profile")}), flush=True)
+        profile = results[part].get("profile")
+        if profile and "by_category" in profile:      # the short form; the whole summary is in gpu_loop.json
+            print(part, "profile ms per step:", json.dumps({k: round(v["ms"], 2) for k, v in profile["by_category"].items()}),
+                  "| top scopes:", json.dumps([(s["scope"], round(s["ms"], 2)) for s in profile["by_scope"][:10]]),
+                  flush=True)
         (out / "gpu_loop.json").write_text(json.dumps(results, indent=1))
 
 
