@@ -16,7 +16,10 @@ device time went (``rmbandit.profiling``: ms per step by op kind, name scope and
 heaviest ops) under ``profile`` in the results; ``--no-profile`` skips it.
 
 Part ``step8b_merged`` runs the 8B step with ``step.merge_adapters`` (differentiating through
-merged kernels), to compare with the default unmerged adapters on the same device.
+merged kernels), to compare with the default unmerged adapters on the same device; part
+``step8b_real`` runs it as the training loop does, on the responses' real tokens
+(``step.response_tokens``: every token is real here, so this is the cost of the gathers
+and scatters around attention).
 
 ``--tiny`` runs the same code on toy shapes (CPU check of the script).  The tokenizer
 comes from ``--tokenizer DIR`` (save SmolLM2's with ``save_pretrained``; the device has no
@@ -58,7 +61,8 @@ def median_time(fn, repeats):
 
 
 def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, response_len: int, repeats: int,
-                   dtype=jnp.bfloat16, merge_adapters: bool = False, profile_dir: pathlib.Path | None = None) -> dict:
+                   dtype=jnp.bfloat16, merge_adapters: bool = False, profile_dir: pathlib.Path | None = None,
+                   real_tokens: bool = False) -> dict:
     config = ModelConfig(model_type="llama", **SHAPES[shape])
     model = LlamaModel(config, dtype=dtype)
     start = time.perf_counter()
@@ -79,14 +83,16 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
         jnp.asarray(np.tile(np.arange(0, 2 * pairs, 2), (prompts, 1)), jnp.int32),
         jnp.asarray(np.tile(np.arange(1, 2 * pairs, 2), (prompts, 1)), jnp.int32),
         jnp.ones((prompts, pairs), jnp.float32), jnp.zeros((responses, prompts), jnp.float32))
-    reference = jax.jit(lambda p, r, b: step_lib.reference_logprobs(model, p, r, b, step_cfg))
+    # real_tokens: the responses run as their real tokens (all of them here), as the loop runs them
+    real = responses * prompts * response_len if real_tokens else None
+    reference = jax.jit(lambda p, r, b: step_lib.reference_logprobs(model, p, r, b, step_cfg, real))
     train_step = step_lib.jit_train_step(model, step_cfg)
     start = time.perf_counter()
     ref = jax.block_until_ready(reference(params, state.params, batch))
     compile_ref = time.perf_counter() - start
     batch = batch._replace(reference=ref)
     start = time.perf_counter()
-    compiled_step = train_step.lower(state, params, batch).compile()      # compiled once: timed and profiled
+    compiled_step = train_step.lower(state, params, batch, real).compile()     # compiled once: timed and profiled
     state, metrics = compiled_step(state, params, batch)
     jax.block_until_ready(metrics["loss"])
     compile_step = time.perf_counter() - start
@@ -106,7 +112,8 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
             profile = profiling.profile_calls(one_step, compiled_step.as_text(), 3, profile_dir)
         except Exception as err:         # no profiler on the device: keep the timings
             profile = {"error": repr(err)}
-    return {"shape": shape, "merge_adapters": merge_adapters, "params": int(n_params), "prompts": prompts,
+    return {"shape": shape, "merge_adapters": merge_adapters, "real_tokens": real_tokens, "params": int(n_params),
+            "prompts": prompts,
             "responses_per_prompt": responses,
             "pairs": prompts * pairs, "prompt_len": prompt_len, "response_len": response_len,
             "tokens_per_step": tokens, "reference_ms": 1e3 * ref_s, "step_ms": 1e3 * step_s,
@@ -181,10 +188,10 @@ def main():
     for part in args.parts.split(","):
         start = time.perf_counter()
         try:
-            if part in ("step8b", "step8b_merged"):        # merged: step.merge_adapters, for comparison
+            if part in ("step8b", "step8b_merged", "step8b_real"):    # merged: step.merge_adapters; real: as the loop
                 results[part] = step_benchmark("tiny" if args.tiny else "8b", 8, 2, 256 if not args.tiny else 16,
                                                256 if not args.tiny else 16, args.repeats,
-                                               merge_adapters=part.endswith("merged"),
+                                               merge_adapters=part.endswith("merged"), real_tokens=part.endswith("real"),
                                                profile_dir=pathlib.Path("/tmp/gpu_profile") / part
                                                if args.profile and part == "step8b" else None)
             elif part == "step1b":
