@@ -169,7 +169,8 @@ def op_events(path, module: str) -> tuple[collections.Counter, collections.Count
     """Microseconds and launches per HLO op of ``module`` from a perfetto trace, and the
     microseconds per timeline line.  On an accelerator only the device's kernel lines count
     (its "Stream" lines where it has them, so that the per-op summary lines of the same
-    kernels are not counted twice); without one, the host threads that run XLA:CPU's ops."""
+    kernels are not counted twice), each kernel under its ``hlo_op`` or else its own name;
+    without one, the host threads that run XLA:CPU's ops."""
     events = json.load(gzip.open(path))
     events = events["traceEvents"] if isinstance(events, dict) else events
     processes, threads = {}, {}
@@ -178,17 +179,19 @@ def op_events(path, module: str) -> tuple[collections.Counter, collections.Count
             processes[event["pid"]] = event["args"]["name"]
         elif event.get("ph") == "M" and event.get("name") == "thread_name":
             threads[(event["pid"], event["tid"])] = event["args"]["name"]
-    tagged = [e for e in events if e.get("ph") == "X" and e.get("args", {}).get("hlo_op")
-              and e["args"].get("hlo_module", module) == module]
+    timed = [e for e in events if e.get("ph") == "X" and e.get("args", {}).get("hlo_module", module) == module]
     devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
     if devices:
-        tagged = [e for e in tagged if e["pid"] in devices]
+        tagged = [e for e in timed if e["pid"] in devices]
         streams = [e for e in tagged if threads.get((e["pid"], e["tid"]), "").startswith("Stream")]
         tagged = streams or tagged
+    else:
+        tagged = [e for e in timed if e.get("args", {}).get("hlo_op")]
     micros, launches, lines = collections.Counter(), collections.Counter(), collections.Counter()
     for event in tagged:
-        micros[event["args"]["hlo_op"]] += event.get("dur", 0.0)
-        launches[event["args"]["hlo_op"]] += 1
+        name = event.get("args", {}).get("hlo_op") or event["name"]
+        micros[name] += event.get("dur", 0.0)
+        launches[name] += 1
         lines[f"{processes.get(event['pid'], event['pid'])} / {threads.get((event['pid'], event['tid']), event['tid'])}"] \
             += event.get("dur", 0.0)
     return micros, launches, dict(lines)
@@ -200,6 +203,8 @@ def summarise(micros: collections.Counter, launches: collections.Counter, ops: d
     ``top`` heaviest ops."""
     per_call = lambda us: us / 1e3 / calls
     unknown = HloOp("?", "?", "unknown op", "?", "?", ())
+    # a kernel that carries no op name is named after its fusion with "_" for "." (loop_add_fusion_3)
+    ops = {**{name.replace(".", "_"): op for name, op in ops.items()}, **ops}
     micros = collections.Counter({k: v for k, v in micros.items() if ops.get(k, unknown).opcode not in CONTAINERS})
     total = sum(micros.values())
     by_category, by_scope, by_source = collections.Counter(), collections.Counter(), collections.Counter()

@@ -1,6 +1,7 @@
 """rmbandit.profiling: a compiled program's device time by op kind, name scope and source
 line: parsed from HLO text as XLA:GPU writes it, read from perfetto traces with a device's
 duplicate lines, and end to end on this CPU."""
+import collections
 import gzip
 import json
 
@@ -83,18 +84,26 @@ def test_device_kernels_are_counted_once_and_the_host_not_at_all(tmp_path):
         "ph": "X", "pid": pid, "tid": tid, "name": op, "dur": dur, "ts": 0, "args": {"hlo_op": op, "hlo_module": module}}
     events = meta + [kernel(1, 7, "gemm.7", 300.0), kernel(1, 7, "gemm.7", 310.0), kernel(1, 9, "gemm.7", 610.0),
                      kernel(1, 7, "loop_exp_fusion", 40.0), kernel(2, 3, "gemm.7", 5.0),
-                     kernel(1, 7, "fusion.1", 99.0, module="jit_other")]
+                     kernel(1, 7, "fusion.1", 99.0, module="jit_other"),
+                     {"ph": "X", "pid": 1, "tid": 7, "name": "loop_exp_fusion", "dur": 10.0, "ts": 0},   # no op name
+                     {"ph": "X", "pid": 1, "tid": 7, "name": "sm90_xmma_gemm_bf16", "dur": 6.0, "ts": 0}]
     path = tmp_path / "plugins" / "profile" / "run" / "perfetto_trace.json.gz"
     write_trace(path, events)
     assert profiling.trace_file(tmp_path) == path
     micros, launches, lines = profiling.op_events(path, "jit_train_step")
-    assert micros == {"gemm.7": 610.0, "loop_exp_fusion": 40.0} and launches["gemm.7"] == 2
-    assert lines == {"/device:GPU:0 / Stream #7(Compute)": 650.0}
-    summary = profiling.summarise(micros, launches, profiling.hlo_ops(GPU_HLO), calls=2)
-    assert summary["op_ms_per_call"] == pytest.approx(0.325)
-    assert summary["by_category"]["matmul"] == {"ms": pytest.approx(0.305), "share": pytest.approx(610 / 650, abs=1e-4)}
+    assert micros == {"gemm.7": 610.0, "loop_exp_fusion": 50.0, "sm90_xmma_gemm_bf16": 6.0}
+    assert launches["gemm.7"] == 2 and launches["loop_exp_fusion"] == 2
+    assert lines == {"/device:GPU:0 / Stream #7(Compute)": 666.0}
+    ops = profiling.hlo_ops(GPU_HLO)
+    summary = profiling.summarise(micros, launches, ops, calls=2)
+    assert summary["op_ms_per_call"] == pytest.approx(0.333)
+    assert summary["by_category"]["matmul"] == {"ms": pytest.approx(0.305), "share": pytest.approx(610 / 666, abs=1e-4)}
+    assert summary["by_category"]["unknown op"]["ms"] == pytest.approx(0.003)        # a kernel named by no op
     assert summary["top_ops"][0]["op"] == "gemm.7" and summary["top_ops"][0]["launches_per_call"] == 1.0
     assert summary["by_scope"][1]["scope"] == "fwd LlamaModel/LlamaModel._layers/layers_*/self_attn/exp"
+    # a kernel that carries no op name is found under its fusion's name, "." written "_"
+    renamed = profiling.summarise(collections.Counter({"gemm_7": 100.0}), collections.Counter({"gemm_7": 1}), ops, 1)
+    assert renamed["top_ops"][0]["category"] == "matmul"
 
 
 def test_a_missing_trace_names_the_setting(tmp_path):
