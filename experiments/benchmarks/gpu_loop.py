@@ -11,15 +11,18 @@ and Llama-3-8B shapes, and the time split of whole training batches of the real 
 
     python experiments/benchmarks/gpu_loop.py [--tiny] [--parts step8b,step1b,loop] --out DIR
 
-Part ``step8b`` also traces 3 steps with ``jax.profiler`` and keeps a summary of where the
-device time went (``rmbandit.profiling``: ms per step by op kind, name scope and source line, the
-heaviest ops) under ``profile`` in the results; ``--no-profile`` skips it.
+Parts ``step8b`` and ``step8b_cudnn`` also trace 3 steps with ``jax.profiler`` and keep a
+summary of where the device time went (``rmbandit.profiling``: ms per step by op kind, name
+scope and source line, the heaviest ops) under ``profile`` in the results; ``--no-profile``
+skips it.
 
 Part ``step8b_merged`` runs the 8B step with ``step.merge_adapters`` (differentiating through
 merged kernels), to compare with the default unmerged adapters on the same device; part
 ``step8b_real`` runs it as the training loop does, on the responses' real tokens
 (``step.response_tokens``: every token is real here, so this is the cost of the gathers
-and scatters around attention).
+and scatters around attention); part ``step8b_cudnn`` runs it with cuDNN's fused attention
+(``LlamaModel(attention="cudnn")``, ``policy.attention`` in a run's config) in place of
+rmbandit's blocked attention.
 
 ``--tiny`` runs the same code on toy shapes (CPU check of the script).  The tokenizer
 comes from ``--tokenizer DIR`` (save SmolLM2's with ``save_pretrained``; the device has no
@@ -62,9 +65,9 @@ def median_time(fn, repeats):
 
 def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, response_len: int, repeats: int,
                    dtype=jnp.bfloat16, merge_adapters: bool = False, profile_dir: pathlib.Path | None = None,
-                   real_tokens: bool = False) -> dict:
+                   real_tokens: bool = False, attention: str = "blocked") -> dict:
     config = ModelConfig(model_type="llama", **SHAPES[shape])
-    model = LlamaModel(config, dtype=dtype)
+    model = LlamaModel(config, dtype=dtype, attention=attention)
     start = time.perf_counter()
     params = jax.jit(lambda key: jax.tree.map(lambda x: getattr(x, "value", x), model.init(
         key, jnp.zeros((1, 1), jnp.int32))["params"], is_leaf=lambda x: hasattr(x, "value")))(jax.random.key(0))
@@ -112,7 +115,8 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
             profile = profiling.profile_calls(one_step, compiled_step.as_text(), 3, profile_dir)
         except Exception as err:         # no profiler on the device: keep the timings
             profile = {"error": repr(err)}
-    return {"shape": shape, "merge_adapters": merge_adapters, "real_tokens": real_tokens, "params": int(n_params),
+    return {"shape": shape, "merge_adapters": merge_adapters, "real_tokens": real_tokens, "attention": attention,
+            "params": int(n_params),
             "prompts": prompts,
             "responses_per_prompt": responses,
             "pairs": prompts * pairs, "prompt_len": prompt_len, "response_len": response_len,
@@ -188,12 +192,15 @@ def main():
     for part in args.parts.split(","):
         start = time.perf_counter()
         try:
-            if part in ("step8b", "step8b_merged", "step8b_real"):    # merged: step.merge_adapters; real: as the loop
+            if part in ("step8b", "step8b_merged", "step8b_real", "step8b_cudnn"):
                 results[part] = step_benchmark("tiny" if args.tiny else "8b", 8, 2, 256 if not args.tiny else 16,
                                                256 if not args.tiny else 16, args.repeats,
                                                merge_adapters=part.endswith("merged"), real_tokens=part.endswith("real"),
+                                               # --tiny: the same call, by XLA on the CPU
+                                               attention=("xla" if args.tiny else "cudnn") if part.endswith("cudnn")
+                                               else "blocked",
                                                profile_dir=pathlib.Path("/tmp/gpu_profile") / part
-                                               if args.profile and part == "step8b" else None)
+                                               if args.profile and part in ("step8b", "step8b_cudnn") else None)
             elif part == "step1b":
                 results[part] = step_benchmark("tiny" if args.tiny else "1b", 16, 2, 256 if not args.tiny else 16,
                                                256 if not args.tiny else 16, args.repeats)

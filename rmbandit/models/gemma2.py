@@ -24,6 +24,7 @@ class Gemma2Block(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     precision: Any = None
+    attention: str = "blocked"        # soft-capped logits: every kernel runs as "blocked"
 
     @nn.compact
     def __call__(self, x, rope, bias, cache=None, index=None, prefix=None, real=None):
@@ -32,7 +33,7 @@ class Gemma2Block(nn.Module):
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name=name)
 
-        h, kv = Attention(cfg, self.dtype, self.precision, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
+        h, kv = Attention(cfg, self.dtype, self.precision, self.attention, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
                                                              index, prefix, real)
         x = x + norm("post_attention_layernorm")(h)
         h = MLP(cfg, self.dtype, self.precision, name="mlp")(norm("pre_feedforward_layernorm")(x))

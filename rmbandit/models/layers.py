@@ -8,6 +8,7 @@ the model's ``precision`` (``resolve_precision``: HIGHEST for float32 parameters
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial
 from typing import NamedTuple
@@ -174,6 +175,7 @@ class Attention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     precision: object = None          # of every matmul (see ``resolve_precision``)
+    kernel: str = "blocked"           # of attention over several queries: ``ATTENTION_KERNELS``
 
     @nn.compact
     def __call__(self, x, rope, bias, cache=None, index=None, prefix=None, real=None):
@@ -218,7 +220,8 @@ class Attention(nn.Module):
         query_slot = 0 if cache is None else index if isinstance(index, int) else None
         # bfloat16 weights leave attention's products (activations only) in the compute dtype
         out = grouped_attention(q, k, v, bias, scale, cfg.attn_softcap, query_slot, prefix=prefix,
-                                precision=default_precision(self.dtype) if bf16_weights(precision) else precision)
+                                precision=default_precision(self.dtype) if bf16_weights(precision) else precision,
+                                kernel=self.kernel)
         out = out.reshape(b, t, heads * hd)
         if real is not None:
             out = gather_real(out, real)
@@ -226,11 +229,53 @@ class Attention(nn.Module):
 
 
 QUERY_BLOCK = 64       # causal key skipping per query block; 64 was fastest at T=256 on XLA:CPU
+# attention over several queries (training, prefill): "blocked" = ``grouped_attention``'s
+# own (causal blocks skipped, a shared prompt attended once per prompt); "xla" / "cudnn" =
+# ``jax.nn.dot_product_attention`` with that implementation over the prompt's and the
+# row's keys together ("cudnn": cuDNN's fused flash attention, NVIDIA GPUs, bfloat16 /
+# float16).  A decode step and soft-capped logits (Gemma 2) always take "blocked".
+ATTENTION_KERNELS = ("blocked", "xla", "cudnn")
+
+
+def check_attention_kernel(kernel: str) -> str:
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
+    return kernel
+
+
+def fused_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, query_slot: int, prefix,
+                    precision, kernel: str) -> Array:
+    """``grouped_attention`` (same arguments and result) by ``jax.nn.dot_product_attention``:
+    the keys up to the queries' last slot in its [B, S, KV, D] layout, a shared prompt's
+    keys repeated for each of its rows in front of them, and the additive ``bias`` as a
+    mask (it holds 0 or float32 min)."""
+    if kernel == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"attention kernel 'cudnn' is cuDNN's, for NVIDIA GPUs; this process runs on "
+                         f"{jax.default_backend()}: use the 'blocked' kernel (policy.attention=blocked)")
+    if kernel == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention kernel 'cudnn' takes bfloat16 or float16 activations, got {q.dtype}: "
+                         "run the policy in bfloat16 (policy.dtype=bfloat16) or use the 'blocked' kernel")
+    b, t = q.shape[:2]
+    keys = min(query_slot + t, k.shape[3])
+    key_rows, value_rows = k[..., :keys].transpose(0, 3, 1, 2), v[:, :, :keys].transpose(0, 2, 1, 3)
+    allowed = bias[..., :keys] == 0
+    if prefix is not None:
+        pk, pv, pbias = prefix
+        n = b // pk.shape[0]
+        key_rows = jnp.concatenate([jnp.repeat(pk.transpose(0, 3, 1, 2), n, axis=0), key_rows], axis=1)
+        value_rows = jnp.concatenate([jnp.repeat(pv.transpose(0, 2, 1, 3), n, axis=0), value_rows], axis=1)
+        allowed = jnp.concatenate([jnp.repeat(pbias == 0, n, axis=0), allowed], axis=-1)
+    # the XLA implementation's products take the default precision: TF32 for float32 on a
+    # GPU, so a HIGHEST model asks for it around the call
+    highest = precision == jax.lax.Precision.HIGHEST
+    with jax.default_matmul_precision("highest") if highest else contextlib.nullcontext():
+        return jax.nn.dot_product_attention(q, key_rows.astype(q.dtype), value_rows.astype(q.dtype), mask=allowed,
+                                            scale=scale, implementation=kernel)
 
 
 def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, cap: float | None,
                       query_slot: int | None = None, block: int | None = None, prefix=None,
-                      precision=None) -> Array:
+                      precision=None, kernel: str = "blocked") -> Array:
     """Grouped-query attention: q [B, T, H, D], keys [B, KV, D, S], values [B, KV, S, D],
     additive ``bias`` [B, 1, T, S]; returns [B, T, H, D].
 
@@ -246,7 +291,10 @@ def grouped_attention(q: Array, k: Array, v: Array, bias: Array, scale: float, c
     samples of one prompt, or a chosen and a rejected response). The n rows' queries go
     through the shared keys together, in one matmul per prompt and kv head, so the
     prompt's keys are read once for all its samples; the two softmax parts are merged by
-    their log-sum-exp.  ``precision``: of the score and value products."""
+    their log-sum-exp.  ``precision``: of the score and value products.  ``kernel`` (see
+    ``ATTENTION_KERNELS``) other than "blocked": ``fused_attention`` where it applies."""
+    if kernel != "blocked" and query_slot is not None and cap is None and q.shape[1] > 1:
+        return fused_attention(q, k, v, bias, scale, query_slot, prefix, precision, kernel)
     b, t, heads, hd = q.shape
     kv, s = k.shape[1], k.shape[3]
     block = block or QUERY_BLOCK

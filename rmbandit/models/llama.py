@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from rmbandit.models.config import ModelConfig
-from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, dense, gather_real,
-                                    real_token_index, resolve_precision, rope_tables, softcap, weight_einsum)
+from rmbandit.models.layers import (MLP, RESIDUAL, Attention, KVCache, RMSNorm, attention_bias, check_attention_kernel,
+                                    dense, gather_real, real_token_index, resolve_precision, rope_tables, softcap,
+                                    weight_einsum)
 
 Array = jax.Array
 
@@ -25,11 +26,12 @@ class LlamaBlock(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     precision: Any = None
+    attention: str = "blocked"        # layers.ATTENTION_KERNELS
 
     @nn.compact
     def __call__(self, x, rope, bias, cache=None, index=None, prefix=None, real=None):
         cfg = self.config
-        h, kv = Attention(cfg, self.dtype, self.precision, name="self_attn")(
+        h, kv = Attention(cfg, self.dtype, self.precision, self.attention, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name="input_layernorm")(x),
             rope, bias, cache, index, prefix, real)
         x = x + h
@@ -119,12 +121,17 @@ class LlamaModel(nn.Module):
     ``remat``: rematerialise each block in the backward pass (``REMAT_POLICIES``): "none"
     keeps every activation, "full" keeps only the blocks' inputs, "dots" also keeps the
     matmul outputs that have no batch dimension (MaxText's ``minimal``).  Set it with
-    ``model.clone(remat=...)``; the params are the same."""
+    ``model.clone(remat=...)``; the params are the same.
+
+    ``attention``: the kernel of attention over several queries (``layers.ATTENTION_KERNELS``:
+    "blocked", the default; "cudnn", cuDNN's fused attention on NVIDIA GPUs); set it with
+    ``model.clone(attention=...)``."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     precision: Any = "auto"
     remat: str = "none"
+    attention: str = "blocked"
     block_class: ClassVar[type] = LlamaBlock      # a family with other block maths swaps this
 
     @nn.compact
@@ -171,7 +178,7 @@ class LlamaModel(nn.Module):
         for i, window in enumerate(layer_windows(cfg)):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], where.prefix_biases[window])
-            x, (k, v) = block(cfg, self.dtype, precision, name=f"layers_{i}")(
+            x, (k, v) = block(cfg, self.dtype, precision, check_attention_kernel(self.attention), name=f"layers_{i}")(
                 x, where.rope, where.biases[window], layer_cache, None if cache is None else cache.index,
                 layer_prefix, real)
             x = nn.with_logical_constraint(x, RESIDUAL)

@@ -23,7 +23,15 @@ class PolicyConfig:
     path: str = "smollm2"                  # HF checkpoint dir, .gguf, hub id, or a packaged alias
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
+    # attention over a sequence (step, reference, prefill): "blocked" (rmbandit's own), or
+    # jax.nn.dot_product_attention's "xla" / "cudnn" (fused flash attention: NVIDIA GPU, bfloat16)
+    attention: Literal["blocked", "xla", "cudnn"] = "blocked"
     max_prompt_tokens: int = 256
+
+    def __post_init__(self):
+        if self.attention == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("policy.attention=cudnn needs policy.dtype=bfloat16: cuDNN's fused attention takes "
+                             "bfloat16 activations")
 
 
 @dataclasses.dataclass(frozen=True)

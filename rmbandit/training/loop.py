@@ -149,7 +149,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(path)
         dtype = jnp.dtype(config.policy.dtype)
         model, self.base = load_pretrained(path, dtype, mesh=self.mesh)
-        self.model = model.clone(remat=config.policy.remat)
+        self.model = model.clone(remat=config.policy.remat, attention=config.policy.attention)
         self.pool = pool_lib.build_pool(config.pool, self.train_tasks + self.test_tasks)
         pairwise = [rm.name for rm in self.pool if not rm.pointwise]
         if pairwise:
