@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from rmbandit import parallel
@@ -25,9 +26,10 @@ def test_parameters_get_the_expected_partition_specs():
     assert layer["self_attn"]["q_norm"]["scale"] == P(None)
 
 
-def test_sharded_forward_equals_single_device():
+@pytest.mark.parametrize("attention", ["blocked", "xla"])
+def test_sharded_forward_equals_single_device(attention):
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-    model = LlamaModel(CONFIG)
+    model = LlamaModel(CONFIG, attention=attention)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(4, 9)), jnp.int32)
     mask = jnp.ones_like(ids).at[1, :3].set(0)
     params = nn.unbox(model.init(jax.random.key(0), ids[:1])["params"])
