@@ -140,8 +140,8 @@ def hlo_ops(text: str, prefer: str = "rmbandit/") -> dict[str, HloOp]:
             called = re.search(r"calls=%?([\w.\-]+)", rest)
             inner = computations.get(called.group(1), []) if called and opcode == "fusion" else []
             fused = tuple(sorted({op for _, op, _, _ in inner} - {"parameter", "constant"}))
-            # a fusion is named by its dot, else by its first fused op with a name scope
-            # (XLA:CPU's own fusions carry none)
+            # a fusion is named by its dot, else by its own op_name, else (XLA:CPU's fusions
+            # carry none) by the last fused op that has one, usually its root
             dots = [r for _, op, _, r in inner if op in MATMUL_OPCODES]
             scoped = [r for _, op, _, r in inner if 'op_name="' in r and op not in ("parameter", "constant")]
             named = dots[0] if dots else rest if 'op_name="' in rest or not scoped else scoped[-1]

@@ -124,8 +124,8 @@ class LlamaModel(nn.Module):
     ``model.clone(remat=...)``; the params are the same.
 
     ``attention``: the kernel of attention over several queries (``layers.ATTENTION_KERNELS``:
-    "blocked", the default; "cudnn", cuDNN's fused attention on NVIDIA GPUs); set it with
-    ``model.clone(attention=...)``."""
+    "blocked", the default; "xla" or "cudnn", ``jax.nn.dot_product_attention``'s, the
+    latter cuDNN's fused attention on NVIDIA GPUs); set it with ``model.clone(attention=...)``."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -174,11 +174,12 @@ class LlamaModel(nn.Module):
         cfg, precision = self.config, resolve_precision(self.precision, self.dtype)
         prefix = None if cache is None else cache.prefix
         block = remat_block(self.block_class, self.remat)
+        attention = check_attention_kernel(self.attention)
         keys, values = [], []
         for i, window in enumerate(layer_windows(cfg)):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], where.prefix_biases[window])
-            x, (k, v) = block(cfg, self.dtype, precision, check_attention_kernel(self.attention), name=f"layers_{i}")(
+            x, (k, v) = block(cfg, self.dtype, precision, attention, name=f"layers_{i}")(
                 x, where.rope, where.biases[window], layer_cache, None if cache is None else cache.index,
                 layer_prefix, real)
             x = nn.with_logical_constraint(x, RESIDUAL)
