@@ -116,9 +116,7 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
         except Exception as err:         # no profiler on the device: keep the timings
             profile = {"error": repr(err)}
     return {"shape": shape, "merge_adapters": merge_adapters, "real_tokens": real_tokens, "attention": attention,
-            "params": int(n_params),
-            "prompts": prompts,
-            "responses_per_prompt": responses,
+            "params": int(n_params), "prompts": prompts, "responses_per_prompt": responses,
             "pairs": prompts * pairs, "prompt_len": prompt_len, "response_len": response_len,
             "tokens_per_step": tokens, "reference_ms": 1e3 * ref_s, "step_ms": 1e3 * step_s,
             "step_mfu": 4 * n_params * tokens / step_s / PEAK_BF16,
