@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from gpu_loop import SHAPES  # noqa: E402
 
+from rmbandit import parallel  # noqa: E402
 from rmbandit.models import LlamaModel, ModelConfig  # noqa: E402
 from rmbandit.training import step as step_lib  # noqa: E402
 
@@ -57,9 +58,7 @@ def main():
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
     model = LlamaModel(ModelConfig(model_type="llama", **SHAPES[args.shape]), dtype=jnp.bfloat16)
-    unbox = lambda tree: jax.tree.map(lambda x: getattr(x, "value", x), tree, is_leaf=lambda x: hasattr(x, "value"))
-    params = jax.eval_shape(lambda key: unbox(model.init(key, jnp.zeros((1, 1), jnp.int32))["params"]),
-                            jax.random.key(0))
+    params = parallel.abstract_params(model, (jnp.zeros((1, 1), jnp.int32),))
     config = step_lib.StepConfig(merge_adapters=args.merged)
     state = jax.eval_shape(lambda key, p: step_lib.init_state(key, p, config), jax.random.key(1), params)
     b, k, n = args.prompts, args.responses, args.length
