@@ -33,8 +33,8 @@ class Gemma2Block(nn.Module):
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, self.dtype, cfg.norm_offset, name=name)
 
-        h, kv = Attention(cfg, self.dtype, self.precision, self.attention, name="self_attn")(norm("input_layernorm")(x), rope, bias, cache,
-                                                             index, prefix, real)
+        h, kv = Attention(cfg, self.dtype, self.precision, self.attention, name="self_attn")(
+            norm("input_layernorm")(x), rope, bias, cache, index, prefix, real)
         x = x + norm("post_attention_layernorm")(h)
         h = MLP(cfg, self.dtype, self.precision, name="mlp")(norm("pre_feedforward_layernorm")(x))
         return x + norm("post_feedforward_layernorm")(h), kv
