@@ -5,6 +5,7 @@ import importlib.util
 import json
 import pathlib
 import re
+import unicodedata
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from rmbandit.data import (CATEGORIES, FORMAT_KINDS, Task, chat_prompt, check_format, count_words, extract_answer,
                            generators, is_correct, load_suite, make_pairs, reference_response, split_of, tables,
                            task_from_row, to_dataset)
+from rmbandit.data.answers import normalise_text
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +145,8 @@ def test_tasks_are_hashable_and_round_trip_through_a_dataset(test_tasks):
     ("She had 3 apples and got 5 more, so 8 in total.", "8"), ("The answer is 19 (12 + 7).", "19"),
     ("Answer: **-3**", "-3"), ("#### 72", "72"), ("\\boxed{15}", "15"), ("There are four legs.", "4"),
     ("", None), ("None", None), ("N/A", None), ("I don't know.", None),
+    # a number word in another case form (a long s: IGNORECASE matches it), digits of another script
+    ("She has \u017fix.", "6"), ("SIX", "6"), ("He ate \u0663 apples.", "3"),
 ])
 def test_number_extraction(response, expected):
     assert extract_answer("arithmetic", response) == expected
@@ -202,6 +206,23 @@ def test_text_answers_use_whole_words_the_first_mention_and_ignore_the_subject()
     element = Task("t", "factual", "Which element has the chemical symbol Al?", "Aluminium", "text",
                    (("aliases", ("Aluminum",)), ("alternatives", ("Iron",))))
     assert is_correct(element, "Aluminum") and is_correct(element, "It is aluminium.")
+
+
+def _normalise_reference(text):
+    """normalise_text's definition, one character at a time."""
+    kept = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", kept).split())
+
+
+def test_normalise_text_matches_its_definition_on_mixed_scripts():
+    # accents join the letters around them; any other non-ASCII character separates words
+    assert normalise_text("Bogota\u0301, S\u00e3o-Paulo \u00df x\U0001d167y \U0001f600z") == "bogota sao paulo xy z"
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ019 -,.'") + ["\u0301", "\u0308", "\u00e9", "\u00df", "\u017f", "\u0130", "\u212a",
+                                         "\U0001d167", "\U0001f600", "\u4e2d", "\u0663", "\u00bd", "\ufb01"]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet, 30))
+        assert normalise_text(text) == _normalise_reference(text), repr(text)
 
 
 def test_extraction_needs_a_known_kind():

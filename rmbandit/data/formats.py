@@ -82,7 +82,7 @@ def parse_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
 def check_format(spec: str | dict[str, Any], response: str | None) -> bool:
     """Whether ``response`` satisfies the constraint (its form, not its content)."""
     spec = parse_spec(spec)
-    if not isinstance(response, str) or count_words(response) == 0:
+    if not isinstance(response, str) or _WORD.search(response) is None:     # no word at all
         return False
     kind = spec["kind"]
     if kind == "uppercase":
