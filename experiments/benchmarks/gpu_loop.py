@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import time
 
 import jax
@@ -153,6 +154,7 @@ def loop_benchmark(shape: str, tokenizer_dir: str, work: pathlib.Path, overrides
     from rmbandit.training import loop, report
     from rmbandit.training.config import TrainConfig
 
+    shutil.rmtree(work / "run", ignore_errors=True)       # a fresh run: an old one would be resumed
     start = time.perf_counter()
     path = write_checkpoint(shape, tokenizer_dir, work / f"llama-{shape}")
     write_s = time.perf_counter() - start
