@@ -25,9 +25,10 @@ and scatters around attention); part ``step8b_cudnn`` runs it with cuDNN's fused
 (``LlamaModel(attention="cudnn")``, ``policy.attention`` in a run's config) in place of
 rmbandit's blocked attention.
 
-The reference forward and the step are compiled in two threads (XLA compiles without the
-GIL), and the weights are drawn leaf by leaf instead of by a jitted ``model.init``, which
-compiles the whole forward (83 s of a 222 s part at 8B on the H200): a lease is minutes.
+A lease is minutes, so the setup is cut down: the reference forward and the step compile in
+two threads (XLA compiles without the GIL; ``--compile-threads 1``: one after the other), and
+the weights are drawn leaf by leaf, not by a jitted ``model.init``, which compiles the whole
+forward (83 s of a 222 s part at 8B on the H200).
 
 ``--tiny`` runs the same code on toy shapes (CPU check of the script).  The tokenizer
 comes from ``--tokenizer DIR`` (save SmolLM2's with ``save_pretrained``; the device has no
@@ -72,7 +73,8 @@ def median_time(fn, repeats):
 
 def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, response_len: int, repeats: int,
                    dtype=jnp.bfloat16, merge_adapters: bool = False, profile_dir: pathlib.Path | None = None,
-                   real_tokens: bool = False, attention: str = "blocked", params_cache: dict | None = None) -> dict:
+                   real_tokens: bool = False, attention: str = "blocked", params_cache: dict | None = None,
+                   compile_threads: int = 2) -> dict:
     params_cache = {} if params_cache is None else params_cache
     config = ModelConfig(model_type="llama", **SHAPES[shape])
     model = LlamaModel(config, dtype=dtype, attention=attention)
@@ -114,7 +116,7 @@ def step_benchmark(shape: str, prompts: int, responses: int, prompt_len: int, re
         return executable
 
     start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(compile_threads) as pool:
         compiled_reference, compiled_step = pool.map(compile_one, ("reference", "step"))
     compile_s.update(lower=lower_s, wall=time.perf_counter() - start)
     batch = batch._replace(reference=compiled_reference(params, state.params, batch))
@@ -213,6 +215,8 @@ def main():
     parser.add_argument("--tokenizer", default=".bench/tokenizer")
     parser.add_argument("--out", default="gpu_out")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile-threads", type=int, default=2,
+                        help="compile the reference forward and the step side by side (1: one after the other)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip tracing 3 steps of part step8b (the summary goes to the results' profile)")
     args = parser.parse_args()
@@ -233,10 +237,11 @@ def main():
                                                else "blocked",
                                                profile_dir=pathlib.Path("/tmp/gpu_profile") / part
                                                if args.profile and part in ("step8b", "step8b_cudnn") else None,
-                                               params_cache=params_cache)
+                                               params_cache=params_cache, compile_threads=args.compile_threads)
             elif part == "step1b":
                 results[part] = step_benchmark("tiny" if args.tiny else "1b", 16, 2, 256 if not args.tiny else 16,
-                                               256 if not args.tiny else 16, args.repeats, params_cache=params_cache)
+                                               256 if not args.tiny else 16, args.repeats, params_cache=params_cache,
+                                               compile_threads=args.compile_threads)
             elif part == "loop":
                 params_cache.clear()         # the loop loads its own weights
                 overrides = (["train.iterations=1", "train.batches_per_iteration=3", "train.prompts_per_batch=2",
