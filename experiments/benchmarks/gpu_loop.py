@@ -3,8 +3,8 @@ and Llama-3-8B shapes, and the time split of whole training batches of the real 
 
 1. step: random bf16 weights drawn on the device (jax; one draw per shape, shared by the
    parts), LoRA q/v r16; B prompts x k responses, prompt L + responses R tokens; median ms
-   of the reference forward and of the step; MFU = 4 x params x tokens processed / time / 989 TFLOP/s (forward + input
-   gradients, as PERFORMANCE.md counts it), tokens = B (L + k R).
+   of the reference forward and of the step; MFU = 4 x params x tokens processed / time /
+   989 TFLOP/s (forward + input gradients, as PERFORMANCE.md counts it), tokens = B (L + k R).
 2. loop: a random-weight checkpoint of the 1B shape written with transformers (SmolLM2's
    tokenizer, vocabulary 49152), trained by ``rmbandit.training.loop.Trainer`` with LASeR
    over three verifier RMs; the phases of each batch from its metrics rows.
