@@ -179,8 +179,8 @@ def extract_text(task: Task, response: str) -> str | None:
     accepted = (task.answer, *task.get("aliases", ()))
     accepted_forms = {_normalised_phrase(form) for form in accepted}
     candidates = [(form, task.answer) for form in accepted_forms]
-    candidates += [(_normalised_phrase(alt), alt) for alt in task.get("alternatives", ())
-                   if _normalised_phrase(alt) not in accepted_forms]
+    alternatives = [(_normalised_phrase(alt), alt) for alt in task.get("alternatives", ())]
+    candidates += [(form, alt) for form, alt in alternatives if form not in accepted_forms]
     found = []
     for form, label in candidates:
         position = text.find(f" {form} ")
