@@ -227,11 +227,14 @@ def cmd_train(args) -> int:
         config = config_lib.load(train_config.TrainConfig, args.config, args.overrides)
         train_config.check(config)
         loop.check_resumable(config)
+        # the setup loads the policy, tokenizer and pool: a wrong path or file is the user's
+        # to fix, said in one line (errors while training keep their traceback)
+        trainer = loop.Trainer(config, progress=not args.quiet and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as err:
         print(f"rmbandit train: error: {err}", file=sys.stderr)
         return 2
     try:
-        loop.train(config, progress=not args.quiet and sys.stderr.isatty())
+        trainer.run()
     except loop.TrainingDiverged as err:
         print(f"rmbandit train: error: {err}", file=sys.stderr)
         return 1
@@ -244,10 +247,11 @@ def cmd_best_of_n(args) -> int:
     try:
         config = config_lib.load(best_of_n.BestOfNConfig, args.config, args.overrides)
         best_of_n.check_config(config)
+        runner = best_of_n.BestOfN(config, progress=not args.quiet and sys.stderr.isatty())   # loads models
     except (ValueError, FileNotFoundError) as err:
         print(f"rmbandit best-of-n: error: {err}", file=sys.stderr)
         return 2
-    best_of_n.best_of_n(config, progress=not args.quiet and sys.stderr.isatty())
+    runner.run()
     return 0
 
 

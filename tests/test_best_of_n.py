@@ -202,6 +202,7 @@ def test_the_cli_runs_end_to_end_and_writes_the_json(tmp_path, policy_dir, capsy
     ("router.name=lazer", ["router.name", "laser"]),
     ("router.name=uwo router.empty_batch_loss=null", ["router.name=uwo", "picks one RM per batch"]),
     ("router.cold_start=runs/x", ["router.cold_start", "fresh"]),
+    ("policy.path=/nonexistent/policy", ["/nonexistent/policy does not exist"]),     # the setup's errors too
 ])
 def test_a_bad_config_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):
     path = write_config(tmp_path, policy_dir)

@@ -84,6 +84,16 @@ def test_load_tokenizer_of_a_missing_path(tmp_path):
         load_tokenizer(tmp_path / "missing.gguf")
 
 
+def test_load_tokenizer_of_a_directory_without_one_or_of_a_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no tokenizer \(none of tokenizer.json, .*save the model's"):
+        load_tokenizer(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"is a file but not a .gguf one; pass the checkpoint directory that holds it "
+                                         f"\\({tmp_path}\\)"):
+        load_tokenizer(weights)
+
+
 def test_dedicated_pad_token_must_be_the_configs(minilm):
     config, tokenizer = minilm                   # [PAD] = 0, as the BERT config says
     with pytest.raises(ValueError, match=r"its pad token id is 0 \('\[PAD\]'\) but the model's config says 5"):

@@ -271,6 +271,20 @@ def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, ove
     assert not (tmp_path / "run").exists()               # nothing started
 
 
+def test_a_policy_path_without_a_model_exits_2_in_one_line(tmp_path, policy_dir, smol_tokenizer, capsys):
+    only_tokenizer = tmp_path / "tokenizer_only"
+    smol_tokenizer.save_pretrained(only_tokenizer)
+    for where, named in [(tmp_path / "missing", "missing does not exist"),
+                         (tmp_path / "empty", "holds no tokenizer"),
+                         (only_tokenizer, "no config.json in")]:
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        path = write_config(tmp_path, policy_dir)
+        assert cli.main(["train", "--config", str(path), "--quiet", f"policy.path={where}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rmbandit train: error: ") and named in err and "Traceback" not in err, err
+        assert not (tmp_path / "run").exists()
+
+
 def test_resuming_with_another_config_exits_2_naming_the_key_and_keeps_the_run(finished_run, capsys):
     path, config = finished_run
     metrics = pathlib.Path(config.run_dir) / "metrics.jsonl"

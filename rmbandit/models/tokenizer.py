@@ -7,6 +7,11 @@ import pathlib
 from rmbandit.models.config import ModelConfig
 
 
+# what transformers' AutoTokenizer reads from a checkpoint directory (fast, sentencepiece,
+# BPE, WordPiece); a directory with none of them holds no tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 def load_tokenizer(path, padding_side: str = "left"):
     """From an HF checkpoint directory or a ``.gguf`` file (its embedded tokenizer)."""
     from transformers import AutoTokenizer
@@ -15,6 +20,13 @@ def load_tokenizer(path, padding_side: str = "left"):
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; pass the checkpoint directory or .gguf file whose "
                                 "tokenizer to load")
+    if path.is_dir() and not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                                "model's tokenizer there too (tokenizer.save_pretrained(path)), or pass the "
+                                "model's .gguf file")
+    if path.is_file() and path.suffix != ".gguf":
+        raise ValueError(f"{path} is a file but not a .gguf one; pass the checkpoint directory that holds it "
+                         f"({path.parent}) or a .gguf file")
     if path.suffix == ".gguf":
         try:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
