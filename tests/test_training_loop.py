@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,17 +184,20 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_bit_identical(tmp_path,
         report.read_metrics(want_dir / "metrics.jsonl"))
 
 
-def test_a_run_resumed_at_an_iteration_boundary_with_more_iterations_ends_identical(tmp_path, policy_dir,
-                                                                                  finished_run):
+def test_a_moved_run_resumed_at_an_iteration_boundary_with_more_iterations_ends_identical(tmp_path, policy_dir,
+                                                                                        finished_run):
     _, reference = finished_run
     path = write_config(tmp_path, policy_dir)
     quiet_trainer(load(path, "train.iterations=1")).run()
     assert checkpoint_steps(tmp_path / "run")[-1] == 2
-    quiet_trainer(load(path)).run()                 # train.iterations may grow on resume
+    moved = tmp_path / "moved"                      # e.g. copied to another disk: resumes where it now is
+    shutil.move(tmp_path / "run", moved)
+    quiet_trainer(load(path, f"run_dir={moved}")).run()       # train.iterations may grow on resume
     want_dir = pathlib.Path(reference.run_dir)
-    assert_same_arrays(saved_arrays(tmp_path / "run", 4), saved_arrays(want_dir, 4))
-    assert without_times(report.read_metrics(tmp_path / "run" / "metrics.jsonl")) == without_times(
+    assert_same_arrays(saved_arrays(moved, 4), saved_arrays(want_dir, 4))
+    assert without_times(report.read_metrics(moved / "metrics.jsonl")) == without_times(
         report.read_metrics(want_dir / "metrics.jsonl"))
+    assert load(moved / "config.yaml").run_dir == str(moved)
 
 
 # --- 3. batches without a pair ---------------------------------------------------------------

@@ -655,8 +655,9 @@ class Trainer:
         return summary
 
 
-# keys that may change between the runs of one run_dir (how far to train, how to log)
-RESUMABLE_CHANGES = ("train.iterations", "checkpoint.every", "checkpoint.keep")
+# keys that may change between the runs of one run_dir (how far to train, how to log, and
+# where the run_dir is: one moved to another disk or machine, or named by another path)
+RESUMABLE_CHANGES = ("run_dir", "train.iterations", "checkpoint.every", "checkpoint.keep")
 
 
 def check_resumable(config: TrainConfig) -> None:
