@@ -235,6 +235,9 @@ def cmd_train(args) -> int:
         return 2
     try:
         trainer.run()
+    except loop.CheckpointUnreadable as err:
+        print(f"rmbandit train: error: {err}", file=sys.stderr)
+        return 2
     except loop.TrainingDiverged as err:
         print(f"rmbandit train: error: {err}", file=sys.stderr)
         return 1

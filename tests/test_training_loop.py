@@ -256,6 +256,27 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, 
         quiet_trainer(load(path)).run()
 
 
+def test_a_truncated_latest_checkpoint_is_named_with_the_fix_and_the_one_before_resumes(tmp_path, finished_run,
+                                                                                       capsys):
+    path, reference = finished_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference.run_dir, run_dir)
+    latest = checkpoint_steps(run_dir)[-1]
+    for blob in (run_dir / "checkpoints" / str(latest)).rglob("*"):       # a copy cut short
+        if blob.is_file() and blob.stat().st_size > 1000:
+            os.truncate(blob, blob.stat().st_size // 2)
+    assert cli.main(["train", "--config", str(path), "--quiet", f"run_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    previous = checkpoint_steps(run_dir)[-2]
+    assert err.startswith(f"rmbandit train: error: the checkpoint after batch {latest - 1} "
+                          f"({run_dir / 'checkpoints' / str(latest)}) cannot be read: "), err
+    assert f"to resume from the one before it (after batch {previous - 1}), move" in err and "Traceback" not in err
+
+    shutil.move(run_dir / "checkpoints" / str(latest), tmp_path / "cut_short")     # the fix the error names
+    assert cli.main(["train", "--config", str(path), "--quiet", f"run_dir={run_dir}"]) == 0
+    assert_same_arrays(saved_arrays(run_dir, latest), saved_arrays(pathlib.Path(reference.run_dir), latest))
+
+
 # --- 5. config errors ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, named", [

@@ -47,6 +47,11 @@ class TrainingDiverged(FloatingPointError):
     """A non-finite loss: the run stops before anything of that batch is saved."""
 
 
+class CheckpointUnreadable(RuntimeError):
+    """The checkpoint to resume from cannot be read (cut short: a full disk, a copy that
+    stopped); the message names the earlier one to resume from instead."""
+
+
 def make_router(config: TrainConfig, rm_names: list[str], offline=None) -> routers.Router:
     """The router ``router.name`` names (one config key switches method)."""
     cfg = config.router
@@ -576,9 +581,26 @@ class Trainer:
         self.manager.wait_until_finished()
 
     def restore(self, step: int, target: dict) -> tuple[dict, dict]:
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                      meta=ocp.args.JsonRestore()))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as err:             # orbax / tensorstore raise ValueError, OSError, KeyError...
+            raise CheckpointUnreadable(self._unreadable_text(step, err)) from err
+        if not isinstance(restored.get("meta"), dict) or "step" not in restored["meta"]:
+            raise CheckpointUnreadable(self._unreadable_text(step, ValueError("its meta item holds no step")))
         return restored["state"], restored["meta"]
+
+    def _unreadable_text(self, step: int, err: Exception) -> str:
+        checkpoints = self.run_dir / "checkpoints"
+        earlier = [s for s in self.manager.all_steps() if s < step]
+        while (err.__cause__ or err.__context__) is not None:     # the root cause names the file
+            err = err.__cause__ or err.__context__
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        fix = (f"to resume from the one before it (after batch {max(earlier) - 1}), move {checkpoints / str(step)} "
+               "out of the run directory and run the same command again" if earlier else
+               f"there is no earlier checkpoint: move {checkpoints / str(step)} away to start the run again")
+        return (f"the checkpoint after batch {step - 1} ({checkpoints / str(step)}) cannot be read: {reason}. It was "
+                f"probably cut short (a full disk, a copy that stopped); {fix}")
 
     # ---- the run ------------------------------------------------------------------------
     def run(self) -> dict:
