@@ -287,6 +287,7 @@ def test_a_truncated_latest_checkpoint_is_named_with_the_fix_and_the_one_before_
     ("step.beta=.inf", ["step.beta", "finite", "inf"]),
     ("step.learning_rate=-1e-3", ["step.learning_rate", ">= 0", "-0.001"]),
     ("sampling.top_p=0", ["sampling.top_p", "(0, 1]"]),
+    ("step.micro_batches=8", ["step.micro_batches=8", "train.prompts_per_batch=4", "whole prompts"]),   # 8 pairs
 ])
 def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):
     path = write_config(tmp_path, policy_dir)
@@ -331,9 +332,15 @@ def test_every_shipped_config_loads_and_passes_check(path):
 
 # --- 7. a (data, fsdp) mesh ------------------------------------------------------------------
 
-def test_a_data_fsdp_mesh_trains_like_one_device(tmp_path, policy_dir, finished_run):
+@pytest.mark.parametrize("sections", [
+    {"mesh": {"data": 1, "fsdp": 1, "devices": 1}},
+    # gradient accumulation on the mesh: the step and the reference pass run prompt halves,
+    # each at the size of the fuller half's real tokens
+    {"step": {"micro_batches": 2}},
+], ids=["one_device", "micro_batches"])
+def test_a_data_fsdp_mesh_trains_like_one_device(tmp_path, policy_dir, finished_run, sections):
     _, on_mesh = finished_run
-    path = write_config(tmp_path, policy_dir, mesh={"data": 1, "fsdp": 1, "devices": 1})
+    path = write_config(tmp_path, policy_dir, **sections)
     quiet_trainer(load(path)).run()
     rows = {"one": report.read_metrics(tmp_path / "run" / "metrics.jsonl"),
             "mesh": report.read_metrics(pathlib.Path(on_mesh.run_dir) / "metrics.jsonl")}

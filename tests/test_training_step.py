@@ -92,6 +92,33 @@ def test_step_loss_matches_numpy_on_full_sequences(model_and_params, loss):
     assert float(metrics["pairs"]) == 6
 
 
+def test_pair_weights_below_one_in_total_give_the_weighted_mean(model_and_params):
+    """UWO weighs a pair by the share of RMs agreeing with the majority (1/3: one RM of three):
+    the loss is sum(w loss) / sum(w) even when the weights total less than 1, and the
+    per-pair losses and margins are each pair's own."""
+    model, params = model_and_params
+    config = step_lib.StepConfig(beta=0.5)
+    state = step_lib.init_state(jax.random.key(1), params, config)
+    state = state._replace(params=jax.tree.map(lambda x: x + 0.05, state.params))
+    step = jax.jit(step_lib.make_train_step(model, config))
+    _, unit = step(state, params, make_batch())                       # every slot a pair of weight 1
+    weights = np.zeros(8, np.float32)
+    weights[[1, 6]] = [1 / 3, 1 / 6]
+    _, got = step(state, params, make_batch(valid=weights))
+    losses, margins = np.asarray(unit["losses"]), np.asarray(unit["margin"])
+    np.testing.assert_allclose(got["loss"], np.sum(weights * losses) / weights.sum(), rtol=1e-5)
+    np.testing.assert_allclose(got["losses"], np.where(weights > 0, losses, 0), rtol=1e-5)
+    np.testing.assert_allclose(got["margin"], np.where(weights > 0, margins, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["reward_accuracy"], np.sum(weights * (margins > 0)) / weights.sum(), rtol=1e-6)
+    assert int(got["pairs"]) == 2
+    one = np.zeros(8, np.float32)
+    one[1] = 1.0
+    _, whole, = step(state, params, make_batch(valid=one))
+    _, third = step(state, params, make_batch(valid=one / 3))            # one pair, whatever its weight
+    for key in ("loss", "grad_norm", "reward_accuracy"):
+        np.testing.assert_allclose(third[key], whole[key], rtol=1e-5, err_msg=key)
+
+
 def test_reference_logprobs_are_the_reference_policys(model_and_params):
     model, params = model_and_params
     config = step_lib.StepConfig()
@@ -99,6 +126,22 @@ def test_reference_logprobs_are_the_reference_policys(model_and_params):
     adapters = jax.tree.map(lambda x: x + 0.03, adapters)
     batch = make_batch()
     got = step_lib.reference_logprobs(model, params, adapters, batch, config)
+    want = full_sequence_logprobs(model, step_lib.policy_params(params, adapters, config), batch)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2, 4])
+def test_reference_logprobs_without_the_padding_cover_every_micro_batch(model_and_params, micro_batches):
+    """The bucket of real tokens fits the fullest micro-batch; the reference pass (on the
+    whole batch) must not drop the other micro-batches' tokens."""
+    model, params = model_and_params
+    config = step_lib.StepConfig(micro_batches=micro_batches)
+    adapters = jax.tree.map(lambda x: x + 0.03, step_lib.init_state(jax.random.key(2), params, config).params)
+    batch = make_batch(b=4, r=20, seed=5)
+    tokens = step_lib.response_tokens(np.asarray(batch.response_mask), config)
+    assert tokens < np.asarray(batch.response_mask).sum() or micro_batches == 1      # smaller than the batch
+    got = jax.jit(step_lib.reference_logprobs, static_argnums=(0, 4, 5))(model, params, adapters, batch, config,
+                                                                          tokens)
     want = full_sequence_logprobs(model, step_lib.policy_params(params, adapters, config), batch)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 

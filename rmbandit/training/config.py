@@ -174,10 +174,10 @@ def check(config: TrainConfig) -> None:
     need(config.sampling.pairs_per_prompt <= candidates,
          f"sampling.pairs_per_prompt={config.sampling.pairs_per_prompt} but sampling.num_samples="
          f"{config.sampling.num_samples} responses give only {candidates} pairs per prompt")
-    slots = config.train.prompts_per_batch * config.sampling.pairs_per_prompt
-    need(slots % config.step.micro_batches == 0,
-         f"step.micro_batches={config.step.micro_batches} must divide the batch's pair slots, "
-         f"train.prompts_per_batch x sampling.pairs_per_prompt = {slots}")
+    # the step splits the prompts (each with its pairs) into the micro-batches
+    need(config.train.prompts_per_batch % config.step.micro_batches == 0,
+         f"step.micro_batches={config.step.micro_batches} must divide train.prompts_per_batch="
+         f"{config.train.prompts_per_batch} (each micro-batch takes whole prompts with their pairs)")
     names = [entry.get("name", entry.get("kind")) for entry in config.pool]
     if config.router.name == "bayesian":
         need(config.router.offline is not None, "router.name=bayesian routes on the offline router's pair features: set "

@@ -39,7 +39,7 @@ class StepConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
-    micro_batches: int = 1                 # gradient accumulation: the batch's pair slots split in this many
+    micro_batches: int = 1                 # gradient accumulation: the batch's prompts split in this many
     full_finetune: bool = False            # False: LoRA adapters only
     lora_rank: int = 16                    # LASeR: rank 16, alpha 32, q_proj / v_proj
     lora_alpha: float = 32.0
@@ -138,8 +138,14 @@ def reference_logprobs(model, base_params, reference, batch: PairBatch, config: 
     """log pi_ref(y | x) [k, B], no gradient: ``reference`` is the reference policy's trained
     pytree (LoRA adapters, or full params), run as the step runs the policy
     (``policy_logprobs``: the same products, so no merged-vs-unmerged rounding enters the
-    margin); ``tokens``: ``response_tokens``."""
-    total, _ = policy_logprobs(model, base_params, reference, batch, config, tokens)
+    margin); ``tokens``: ``response_tokens``.  It runs micro-batch by micro-batch, as the step
+    does: ``tokens`` is sized for the fullest micro-batch, not for the whole batch."""
+    if config.micro_batches == 1:
+        total, _ = policy_logprobs(model, base_params, reference, batch, config, tokens)
+    else:
+        parts = jax.lax.map(lambda part: policy_logprobs(model, base_params, reference, part, config, tokens)[0],
+                            _split(batch, config.micro_batches))                  # [parts, k, B / parts]
+        total = jnp.moveaxis(parts, 0, 1).reshape(parts.shape[1], -1)
     return jax.lax.stop_gradient(total)
 
 
@@ -180,23 +186,28 @@ def make_train_step(model, config: StepConfig):
     ``jit_train_step``).  ``response_tokens`` (static): ``response_tokens(batch.response_mask,
     config)``, or None to run the padded responses.
 
-    metrics: ``loss`` (mean over valid pairs), ``losses`` [B * P] per pair slot, prompt-major
-    as ``sample_pairs`` lays them out (0 on invalid slots), ``margin`` [B * P] (the
-    log-ratio margin h), ``reward_accuracy`` (share of valid pairs with h > 0),
-    ``grad_norm`` (before clipping), ``pairs``."""
+    metrics: ``loss`` (the mean over the pairs weighted by ``batch.valid``, each pair's weight
+    in the loss: 1, or UWO's agreement; 0 on an empty slot), ``losses`` [B * P] each pair
+    slot's own loss, prompt-major as ``sample_pairs`` lays them out (0 on empty slots),
+    ``margin`` [B * P] (the log-ratio margin h, 0 on empty slots), ``reward_accuracy`` (the
+    weighted share of pairs with h > 0), ``grad_norm`` (before clipping), ``pairs`` (the
+    filled slots)."""
     optimizer = make_optimizer(config)
 
     def micro_loss(trained, base_params, micro: PairBatch, count, tokens):
         policy, lengths = policy_logprobs(model, base_params, trained, micro, config, tokens)
         policy, lengths, reference = (pick_pairs(x, micro) for x in (policy, lengths, micro.reference))
-        losses = pair_losses(policy, lengths, reference, config) * micro.valid
-        margin = log_ratio_margin(policy[0], policy[1], reference[0], reference[1]) * micro.valid
-        return jnp.sum(losses) / count, (losses, margin)
+        losses = pair_losses(policy, lengths, reference, config)
+        margin = log_ratio_margin(policy[0], policy[1], reference[0], reference[1])
+        filled = micro.valid > 0          # each pair's own values; its weight enters the mean only
+        return jnp.sum(losses * micro.valid) / count, (jnp.where(filled, losses, 0.0), jnp.where(filled, margin, 0.0))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def train_step(state: TrainState, base_params, batch: PairBatch, response_tokens: int | None = None):
-        count = jnp.maximum(jnp.sum(batch.valid), 1.0)
+        # the weighted mean sum(w loss) / sum(w); weights (UWO's) may total less than 1
+        total = jnp.sum(batch.valid)
+        count = jnp.where(total > 0, total, 1.0)
         micro = _split(batch, config.micro_batches)
 
         def accumulate(grads, part):
@@ -211,7 +222,7 @@ def make_train_step(model, config: StepConfig):
         margins = margins.reshape(-1)
         metrics = {"loss": jnp.sum(loss_parts), "losses": losses.reshape(-1), "margin": margins,
                    "reward_accuracy": jnp.sum((margins > 0) * valid) / count,
-                   "grad_norm": optax.tree.norm(grads), "pairs": jnp.sum(valid)}
+                   "grad_norm": optax.tree.norm(grads), "pairs": jnp.sum(valid > 0)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step
