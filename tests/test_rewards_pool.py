@@ -101,6 +101,9 @@ def test_unknown_and_missing_keys_name_the_fix():
         pool.build_rm({"kind": "judge"})
     with pytest.raises(ValueError, match="key 'seed' does nothing without 'noise'"):
         pool.build_rm({"kind": "verifier", "verifier": "length", "seed": 3})
+    for entry in ({"kind": "random", "seed": -1}, {"kind": "verifier", "verifier": "length", "noise": 1.0, "seed": -1}):
+        with pytest.raises(ValueError, match="key 'seed' must be >= 0, got -1"):
+            pool.build_rm(entry)
     with pytest.raises(ValueError, match="micro_batch must be a positive integer, got 0"):
         pool.build_rm({"kind": "log_likelihood", "path": "smollm2", "micro_batch": 0})
     with pytest.raises(ValueError, match="dtype must be a float dtype .* got 'int8'"):

@@ -153,6 +153,23 @@ def test_advantage_routers_credit_the_thompson_posterior_with_the_advantage(kind
     np.testing.assert_allclose(got.arms.mean, want.arms.mean, rtol=1e-6, atol=1e-7)
 
 
+def test_advantage_routers_skip_unobserved_pairs_eagerly_as_under_jit():
+    """A pair marked NO_ARM (a tie: nothing was trained on it) may have no losses at all."""
+    rng = np.random.default_rng(4)
+    router = routers.bayesian_router(reward="full_advantage")
+    state = router.init(jax.random.key(0), K, D)
+    state, a = router.assign(state, _features(rng, 6), jax.random.key(1))
+    a = a._replace(arms=a.arms.at[2].set(bandits.NO_ARM))
+    losses = rng.uniform(0.1, 1.0, size=(6, K)).astype(np.float32)
+    losses[2] = np.nan
+    eager = router.observe(state, a, losses)
+    jitted = jax.jit(router.observe)(state, a, losses)
+    np.testing.assert_array_equal(_bandit_state(eager).arms.mean, _bandit_state(jitted).arms.mean)
+    losses[3] = np.nan                                   # an observed pair still needs its losses
+    with pytest.raises(ValueError, match=r"the routed RM's loss is NaN at pairs \[3\]"):
+        router.observe(state, a, losses)
+
+
 def test_advantage_queries_pick_the_routed_rm_and_distinct_random_others():
     k, rms = 6, np.arange(600) % 6
     q = np.asarray(routers.advantage_queries(jax.random.key(0), rms, k, 3))

@@ -77,6 +77,18 @@ def test_zscore_matches_numpy_with_nan_and_constant_rows():
     np.testing.assert_array_equal(ensembles.normalise_scores(scores, "none"), scores)
 
 
+def test_an_rm_scoring_a_prompt_alike_has_no_opinion_even_off_by_an_ulp():
+    """The float32 mean of n equal scores (0.1, 0.3, -2.2) can be one ulp off them; those
+    rows must still be 0 (no opinion), and the other RM alone orders a sample it dropped."""
+    for value, n in [(0.1, 7), (0.3, 6), (-2.2, 30), (1e4 / 3, 13)]:
+        constant = np.full((1, 1, n), value, np.float32)
+        np.testing.assert_array_equal(ensembles.normalise_scores(constant), 0.0)
+    scores = np.array([[[0.3] * 6], [[0, 1, 2, 3, 4, np.nan]]], np.float32)     # RM 0 alike, RM 1 dropped 5
+    mixed = np.asarray(ensembles.weighted_scores(scores, np.ones(2)))[0]
+    z = np_zscore(scores[1:])[0, 0]
+    np.testing.assert_allclose(mixed, np.where(np.isnan(z), 0.0, z / 2), atol=1e-6)        # sample 5: RM 0's 0
+
+
 @pytest.mark.parametrize("normalise", ["zscore", "none"])
 def test_score_ensemble_is_sample_pairs_on_the_numpy_mean(normalise):
     rng = np.random.default_rng(1)

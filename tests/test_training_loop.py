@@ -287,6 +287,7 @@ def test_a_truncated_latest_checkpoint_is_named_with_the_fix_and_the_one_before_
     ("step.beta=.inf", ["step.beta", "finite", "inf"]),
     ("step.learning_rate=-1e-3", ["step.learning_rate", ">= 0", "-0.001"]),
     ("sampling.top_p=0", ["sampling.top_p", "(0, 1]"]),
+    ("seed=-1", ["seed must be >= 0", "-1"]),
     ("step.micro_batches=8", ["step.micro_batches=8", "train.prompts_per_batch=4", "whole prompts"]),   # 8 pairs
 ])
 def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):

@@ -200,6 +200,8 @@ def check_entry(entry, index: int = 0) -> list[str]:
         return errors
     if "seed" in entry and "seed" not in builder_keys(kind) and "noise" not in entry:
         errors.append(f"{label}: key 'seed' does nothing without 'noise' (kind {kind} draws no random numbers)")
+    if isinstance(entry.get("seed"), int) and entry["seed"] < 0:      # NumPy's seed sequences take none
+        errors.append(f"{label}: key 'seed' must be >= 0, got {entry['seed']!r}")
     if entry.get("noise") is not None and entry["noise"] < 0:
         errors.append(f"{label}: key 'noise' (sigma) must be >= 0, got {entry['noise']!r}")
     options = KINDS[kind].options

@@ -110,25 +110,27 @@ def advantage_rewards(losses, rms) -> jax.Array:
     return jnp.where(usable, (routed <= mean).astype(jnp.float32), jnp.nan)
 
 
-def check_advantage_losses(losses, rms, num_rms: int) -> None:
+def check_advantage_losses(losses, rms, num_rms: int, arms=None) -> None:
     """Eager checks of the [B, K] losses an advantage router observes (value checks skipped
     under jit).  NaN marks an RM that was not queried or gave the pair no label (a tie):
-    allowed, except for the routed RM, and each pair needs one other RM to compare with."""
+    allowed, except for the routed RM, and each pair needs one other RM to compare with.
+    Rows whose ``arms`` entry is ``NO_ARM`` are not observed and not checked."""
     losses = jnp.asarray(losses)
     want = (rms.shape[0], num_rms)
     if losses.shape != want:
         raise ValueError(f"an advantage router observes the loss of every pair under each queried RM's label, "
                          f"shape {want} (NaN = not queried), got {losses.shape}; build it with "
                          "routers.losses_under_labels(margin, beta, agrees, queried)")
-    if not bandits.base.is_concrete(losses, rms):
+    if not bandits.base.is_concrete(losses, rms, *([] if arms is None else [arms])):
         return
     values, rows = np.asarray(losses, np.float64), np.asarray(rms)
+    observed = np.ones(len(rows), bool) if arms is None else np.asarray(arms) != bandits.NO_ARM
     known = np.isfinite(values)
-    missing = ~known[np.arange(len(rows)), rows]
+    missing = ~known[np.arange(len(rows)), rows] & observed
     if missing.any():
         raise ValueError(f"the routed RM's loss is NaN at pairs {np.flatnonzero(missing)[:8].tolist()}: the pair "
                          "was trained on its label, so that loss must be given")
-    alone = known.sum(1) < 2
+    alone = (known.sum(1) < 2) & observed
     if alone.any():
         raise ValueError(f"pairs {np.flatnonzero(alone)[:8].tolist()} have no other RM's loss to compare with; "
                          "query them as routers.advantage_queries says")
@@ -140,7 +142,7 @@ def advantage(router: base.Router) -> base.Router:
     RMs the caller queries (``advantage_queries`` with others=None or C)."""
 
     def rewards(state, assignment, losses):
-        check_advantage_losses(losses, assignment.rms, state.counts.shape[0])
+        check_advantage_losses(losses, assignment.rms, state.counts.shape[0], assignment.arms)
         return advantage_rewards(losses, assignment.rms)
 
     return router._replace(observe=lambda s, a, f: router.observe(s, a, rewards(s, a, f)),

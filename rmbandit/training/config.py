@@ -161,6 +161,7 @@ def check(config: TrainConfig) -> None:
                        ("checkpoint.every", config.checkpoint.every), ("checkpoint.keep", config.checkpoint.keep),
                        ("eval.per_category", config.eval.per_category)):
         need(value >= 1, f"{key} must be at least 1, got {value}")
+    need(config.seed >= 0, f"seed must be >= 0 (NumPy's generators take no negative seed), got {config.seed}")
     need(config.sampling.num_samples >= 2, f"sampling.num_samples must be at least 2 (a pair needs two responses), "
                                            f"got {config.sampling.num_samples}")
     need(config.sampling.temperature > 0, "sampling.temperature must be > 0: greedy samples of a prompt are all the "

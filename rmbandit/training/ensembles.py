@@ -68,7 +68,12 @@ def normalise_scores(scores, normalise: Normalise = "zscore") -> Array:
     mean = jnp.where(finite, scores, 0.0).sum(-1, keepdims=True) / count
     centred = jnp.where(finite, scores - mean, 0.0)
     std = jnp.sqrt(jnp.sum(centred ** 2, -1, keepdims=True) / count)
-    z = jnp.where(std > 0, centred / jnp.where(std > 0, std, 1.0), 0.0)
+    # alike exactly, not std > 0: the float32 mean of equal scores (0.1, 0.3) can be one ulp
+    # off, and centred / std would make those +-1 ulp into z-scores of +-1
+    highest = jnp.where(finite, scores, -jnp.inf).max(-1, keepdims=True)
+    lowest = jnp.where(finite, scores, jnp.inf).min(-1, keepdims=True)
+    varies = (highest > lowest) & (std > 0)
+    z = jnp.where(varies, centred / jnp.where(varies, std, 1.0), 0.0)
     return jnp.where(finite, z, jnp.nan)
 
 
