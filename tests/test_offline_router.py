@@ -280,6 +280,8 @@ def test_finetuning_trains_the_encoder_and_keeps_the_frozen_parts(tiny_encoders,
     base = jax.tree.map(np.asarray, encoder.params)
     router = router_lib.train_offline_router(config, pairs, table, encoder=encoder)
     assert router.history[-1]["loss"] < router.history[0]["loss"] - 0.05, router.history
+    same_as_base = lambda params: jax.tree.all(jax.tree.map(np.array_equal, params, base))    # noqa: E731
+    assert same_as_base(encoder.params) and router.encoder is not encoder     # the caller's may be shared
     flat_base = {k: v for k, v in jax.tree_util.tree_leaves_with_path(base)}
     changed = {jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(router.encoder.params)
                if not np.array_equal(np.asarray(v), flat_base[k])}
@@ -291,6 +293,9 @@ def test_finetuning_trains_the_encoder_and_keeps_the_frozen_parts(tiny_encoders,
     prompts, a, b = [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
     loaded = router_lib.load(router_lib.save(router, tmp_path / finetune), rm_names=table.rm_names)
     np.testing.assert_array_equal(loaded.scores(prompts, a, b), router.scores(prompts, a, b))
+    shared = router_lib.load(tmp_path / finetune, rm_names=table.rm_names, encoder=encoder)
+    np.testing.assert_array_equal(shared.scores(prompts, a, b), router.scores(prompts, a, b))
+    assert same_as_base(encoder.params)
 
 
 # ---- bad input ----------------------------------------------------------------------------------

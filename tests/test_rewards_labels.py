@@ -38,6 +38,9 @@ def test_table_holds_each_rms_labels_and_costs(pairs_and_pool, tmp_path):
         labels.check_pairs(back, pairs[2:])
     half = table.subset(np.arange(len(pairs) // 2))
     assert half.prefer.shape == (len(pairs) // 2, 3) and half.calls == pytest.approx(table.calls / 2, rel=0.1)
+    formats = table.subset(fmt)                                   # a boolean mask: its share of the costs
+    assert formats.task_ids == tuple(np.asarray(table.task_ids)[fmt])
+    np.testing.assert_allclose(formats.calls, table.calls * fmt.sum() / len(pairs))
 
 
 def test_dropped_scores_survive_the_file_as_ties(tmp_path):

@@ -153,6 +153,16 @@ def test_advantage_routers_credit_the_thompson_posterior_with_the_advantage(kind
     np.testing.assert_allclose(got.arms.mean, want.arms.mean, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("reward", ["baseline", "full_advantage"])
+def test_only_a_router_without_offline_priors_can_take_a_new_rm(reward):
+    """E_bt has one row per RM of the offline router's pool: a new RM has no prior."""
+    with_priors = routers.bayesian_router(prior_mean=np.ones((K, D), np.float32), reward=reward)
+    assert with_priors.grow is None
+    plain = routers.bayesian_router(reward=reward)
+    state = plain.grow(plain.init(jax.random.key(0), K, D), jax.random.key(1), 2, D)
+    assert state.counts.shape == (K + 2,) and _bandit_state(state).arms.mean.shape == (K + 2, D)
+
+
 def test_advantage_routers_skip_unobserved_pairs_eagerly_as_under_jit():
     """A pair marked NO_ARM (a tie: nothing was trained on it) may have no losses at all."""
     rng = np.random.default_rng(4)

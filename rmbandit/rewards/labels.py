@@ -57,11 +57,12 @@ class PoolLabels:
         return {"seconds": self.seconds / n, "calls": self.calls / n}
 
     def subset(self, rows) -> PoolLabels:
-        rows = np.asarray(rows)
+        """The pairs ``rows`` picks (indices or a boolean mask), with their share of the costs."""
+        rows = np.arange(len(self.task_ids))[np.asarray(rows)]         # a mask as the indices it keeps
+        share = len(rows) / max(len(self.task_ids), 1)
         return dataclasses.replace(self, prefer=self.prefer[rows], task_ids=tuple(np.asarray(self.task_ids)[rows]),
                                    categories=tuple(np.asarray(self.categories)[rows]),
-                                   seconds=self.seconds * len(rows) / max(len(self.task_ids), 1),
-                                   calls=self.calls * len(rows) / max(len(self.task_ids), 1))
+                                   seconds=self.seconds * share, calls=self.calls * share)
 
 
 def label_with_pool(pool: Sequence, pairs: Sequence, source: dict | None = None,

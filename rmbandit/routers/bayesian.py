@@ -241,6 +241,8 @@ def bayesian_router(prior_mean=None, prior_var: float | None = None, noise_var: 
         default_var = NO_PRIOR_VAR if prior_mean is None else PRIOR_VAR
         thompson = bandits.linear_thompson(default_var if prior_var is None else prior_var, noise_var, prior_mean)
     if reward == "baseline":
-        return bandit_router(thompson, "item", feedback="loss", rescale=(0.2, 0.8), history=history, baseline=True)
-    router = bandit_router(thompson, "item", feedback="reward", rescale=None)
-    return advantage(router)
+        router = bandit_router(thompson, "item", feedback="loss", rescale=(0.2, 0.8), history=history, baseline=True)
+    else:
+        router = advantage(bandit_router(thompson, "item", feedback="reward", rescale=None))
+    # E_bt has a row per RM the offline router was trained with: a new RM has none
+    return router if prior_mean is None else router._replace(grow=None)

@@ -31,6 +31,7 @@ not saved: it is referenced by its path (an alias such as ``smollm2`` stays port
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -160,6 +161,15 @@ class PairEncoder:
     @params.setter
     def params(self, value):
         (self._sentences if self.is_bert else self._lm).params = value
+
+    def with_params(self, params) -> "PairEncoder":
+        """A copy that encodes with ``params``; the model, tokenizer and compiled calls are
+        shared (they take the params as an argument), this encoder's params are untouched."""
+        other = copy.copy(self)
+        inner = "_sentences" if self.is_bert else "_lm"
+        setattr(other, inner, copy.copy(getattr(self, inner)))
+        other.params = params
+        return other
 
     def _bert_texts(self, prompts, responses) -> list[str]:
         return [f"{p}\n{r}" for p, r in zip(prompts, responses)]
@@ -391,8 +401,8 @@ def train_offline_router(config: OfflineRouterConfig, pairs: Sequence, table: la
             batches += 1
         history.append({name: value / batches for name, value in totals.items()})
         log(f"epoch {epoch + 1}/{config.num_epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
-    if config.finetune != "frozen":
-        encoder.params = _encoder_params(config, encoder, encoder.params, trained["encoder"])
+    if config.finetune != "frozen":       # the caller's encoder (maybe shared by other runs) stays as it was
+        encoder = encoder.with_params(_encoder_params(config, encoder, encoder.params, trained["encoder"]))
     return OfflineRouter(config, tuple(table.rm_names), {"params": trained["head"], "input_norm": head["input_norm"]},
                          encoder, trained.get("encoder"), history)
 
@@ -494,7 +504,7 @@ def load(directory, rm_names: Sequence[str] | None = None, encoder: PairEncoder 
                          f"on {embed_dim}-dim ones: pass the encoder it was trained with ({config.encoder!r})")
     if trained is not None:
         trained = jax.tree.map(jnp.asarray, trained)
-        encoder.params = _encoder_params(config, encoder, encoder.params, trained)
+        encoder = encoder.with_params(_encoder_params(config, encoder, encoder.params, trained))
     return OfflineRouter(config, tuple(meta["rm_names"]), head, encoder, trained, meta.get("history", []))
 
 
