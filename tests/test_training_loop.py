@@ -256,6 +256,28 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, 
         quiet_trainer(load(path)).run()
 
 
+def test_a_nan_gradient_with_a_finite_loss_stops_the_run_before_it_saves_nan_weights(tmp_path, policy_dir,
+                                                                                     monkeypatch):
+    path = write_config(tmp_path, policy_dir, router={"name": "single_rm", "rm": "noisy"})
+    trainer = quiet_trainer(load(path))
+    step, calls = trainer._step, []
+
+    def nan_gradient_on_the_second_step(state, base, batch, **kwargs):
+        new_state, metrics = step(state, base, batch, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:            # what optax's clipping makes of a NaN gradient: NaN updates
+            new_state = new_state._replace(params=jax.tree.map(lambda x: x * np.nan, new_state.params))
+            metrics = {**metrics, "grad_norm": metrics["grad_norm"] * np.nan}
+        return new_state, metrics
+
+    monkeypatch.setattr(trainer, "_step", nan_gradient_on_the_second_step)
+    with pytest.raises(loop.TrainingDiverged, match=r"the training gradient norm is nan \(loss 0\.6"):
+        trainer.run()
+    run_dir = tmp_path / "run"
+    saved = saved_arrays(run_dir, checkpoint_steps(run_dir)[-1])
+    assert saved and all(np.isfinite(a).all() for a in saved.values() if a.dtype.kind == "f")
+
+
 def test_a_truncated_latest_checkpoint_is_named_with_the_fix_and_the_one_before_resumes(tmp_path, finished_run,
                                                                                        capsys):
     path, reference = finished_run

@@ -44,7 +44,7 @@ from rmbandit.training.pairs import candidate_pairs, labelled, sample_pairs
 
 
 class TrainingDiverged(FloatingPointError):
-    """A non-finite loss: the run stops before anything of that batch is saved."""
+    """A non-finite loss or gradient: the run stops before anything of that batch is saved."""
 
 
 class CheckpointUnreadable(RuntimeError):
@@ -356,9 +356,11 @@ class Trainer:
                 train, metrics = self._step(state["train"], self.base, batch, response_tokens=real)
                 loss = float(metrics["loss"])
             times["time_step"] = time.perf_counter() - clock
-            if not np.isfinite(loss):
+            grad_norm = float(metrics["grad_norm"])
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):     # a NaN gradient makes NaN weights
+                what = f"loss is {loss}" if not np.isfinite(loss) else f"gradient norm is {grad_norm} (loss {loss})"
                 raise TrainingDiverged(
-                    f"the training loss is {loss} at iteration {iteration}, batch {index} (global batch {step}): "
+                    f"the training {what} at iteration {iteration}, batch {index} (global batch {step}): "
                     f"the policy diverged. Nothing of this batch was saved; {self._latest_text()}. Lower "
                     "step.learning_rate (or step.beta / step.max_grad_norm) and run the same command with the "
                     "override to resume from that checkpoint.")
@@ -380,7 +382,7 @@ class Trainer:
             state = {**state, "train": train, "router": router_state}
             times["time_router"] += time.perf_counter() - clock
             row.update(skipped=False, loss=loss, bandit_reward=reward,
-                       reward_accuracy=float(metrics["reward_accuracy"]), grad_norm=float(metrics["grad_norm"]))
+                       reward_accuracy=float(metrics["reward_accuracy"]), grad_norm=grad_norm)
         times["time_batch"] = time.perf_counter() - started
         row.update(times)
         return state, row
