@@ -147,6 +147,10 @@ def test_tasks_are_hashable_and_round_trip_through_a_dataset(test_tasks):
     ("", None), ("None", None), ("N/A", None), ("I don't know.", None),
     # a number word in another case form (a long s: IGNORECASE matches it), digits of another script
     ("She has \u017fix.", "6"), ("SIX", "6"), ("He ate \u0663 apples.", "3"),
+    # working after an explicit answer: its result, not the first operand
+    ("The answer is 9 * 4 = 36.", "36"), ("Answer: 9 x 4 = 36", "36"), ("#### 9*4=36", "36"),
+    ("The answer is $1,200 + $300 = $1,500.", "1500"), ("The answer is 7 - 10 = -3", "-3"),
+    ("The answer is 36 = 9 * 4", "36"), ("The answer is 5. Then 5 + 2 = 7", "5"),
 ])
 def test_number_extraction(response, expected):
     assert extract_answer("arithmetic", response) == expected
@@ -186,6 +190,8 @@ def test_yes_no_extraction(response, expected):
     ("The chemical symbol of iron is Fe.", "Fe"), ("I think it's Fe", "Fe"),
     ("The symbol for helium is He. It is a noble gas.", "He"), ("I believe iodine is I.", "I"),
     ("As you may know, gold is Au.", "Au"), ("FE", None), ("Go", None), ("", None),
+    ("The chemical symbol is 'S'.", "S"), ("The symbol is \u2018Na\u2019.", "Na"), ('It is "S".', "S"),
+    ("rock'N'roll", None), ("Fe's", None),
 ])
 def test_symbol_extraction(response, expected):
     assert extract_answer("symbol", response) == expected

@@ -42,6 +42,8 @@ _NUMBER_RE = re.compile(r"(?=[-\u2212$\d])" + _NUMBER)
 _EXPLICIT_NUMBER_RE = re.compile(
     r"(?=[a#\\])(?:\banswer\s*(?:is|would be|will be|should be|=|:)\s*(?:[:=]\s*)?|####\s*|\\boxed\{\s*)(?:\*\*)?" + _NUMBER,
     re.IGNORECASE)
+# "The answer is 9 * 4 = 36": working after the explicit number, whose result is the answer
+_WORKING_RE = re.compile(r"(?:\s*[-+*/x\u00d7\u00f7\u2212]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*(?:\*\*)?" + _NUMBER)
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty".split())}
@@ -57,7 +59,9 @@ _BRACKETED_LETTER_RE = re.compile(r"(?=[(A-Da-d])(?:\(([A-Da-d])\)|(?<![\w(])([A
 _STANDALONE_LETTER_RE = re.compile(r"\b([A-D])\b(?!['\u2019])")
 _ARTICLE_FOLLOWER_RE = re.compile(r"\s+(?!(?:is|was|seems|looks|would|should|must)\b)[a-z]")
 _YES_NO_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_SYMBOL_RE = re.compile(r"(?<![\w'\u2019-])([A-Z][a-z]?)(?![\w'\u2019])")
+# an apostrophe is part of a word ("He's", "rock'n'roll") only between word characters: a
+# quoted symbol ('S', \u2018S\u2019) is one
+_SYMBOL_RE = re.compile(r"(?<![\w-])(?<!\w['\u2019])([A-Z][a-z]?)(?!\w)(?!['\u2019]\w)")
 _SYMBOLS_THAT_ARE_WORDS = frozenset({"He", "Be", "As", "In", "I", "At", "No", "Am"})
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]+")
 _ALPHANUMERIC_RUN_RE = re.compile(r"[a-z0-9]+")
@@ -127,7 +131,10 @@ def extract_number(response: str) -> str | None:
     explicit = list(_EXPLICIT_NUMBER_RE.finditer(response))
     matches = explicit or list(_NUMBER_RE.finditer(response))
     if matches:
-        sign, digits = matches[-1].group(1), matches[-1].group(2)
+        match = matches[-1]
+        if explicit:          # "answer is 9 * 4 = 36": the result, not the first operand
+            match = _WORKING_RE.match(response, match.end()) or match
+        sign, digits = match.group(1), match.group(2)
         return canonical_number(("-" if sign else "") + digits)
     words = _NUMBER_WORD_RE.findall(response)
     return str(_NUMBER_WORDS[words[-1].casefold()]) if words else None
