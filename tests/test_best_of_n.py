@@ -17,6 +17,8 @@ transformers = pytest.importorskip("transformers")
 from rmbandit import cli, data  # noqa: E402
 from rmbandit import config as config_lib  # noqa: E402
 from rmbandit.training import best_of_n as bon  # noqa: E402
+from rmbandit.training import config as train_config  # noqa: E402
+from rmbandit.training import loop  # noqa: E402
 from tests.test_training_loop import compilation_cache, policy_dir  # noqa: E402,F401 (shared fixtures)
 from tests.torch_oracle import hf_logits  # noqa: E402
 
@@ -109,7 +111,8 @@ def np_rescale(history: list[float], reward: float) -> float:
 
 
 def test_the_routed_rm_picks_its_argmax_and_the_reward_is_the_rescaled_negative_nll(tmp_path, policy_dir):
-    config = config_lib.load(bon.BestOfNConfig, write_config(tmp_path, policy_dir))
+    # the policy's own weights: the reward is the sampler's NLL, compared with PyTorch's below
+    config = config_lib.load(bon.BestOfNConfig, write_config(tmp_path, policy_dir), ["sampling.weights=policy"])
     runner = bon.BestOfN(config, log=lambda message: None)
     calls, batches = [], []
     runner.pool = [Recording(rm, calls) for rm in runner.pool]
@@ -168,6 +171,22 @@ def test_the_routed_rm_picks_its_argmax_and_the_reward_is_the_rescaled_negative_
         np.testing.assert_array_equal(record["pass_at_n"], correct.any(1))
     # the numeric verifier sees the right number: its picks are all right; ties go to sample 0
     assert record["single_rm"]["numbers"].all()
+
+
+@pytest.mark.parametrize("weights, casts", [("bfloat16", 1), ("policy", 0)])
+def test_best_of_n_samples_with_the_configured_weights_and_takes_two_samples(tmp_path, policy_dir, monkeypatch,
+                                                                             weights, casts):
+    traced = []
+    monkeypatch.setattr(loop, "with_bfloat16_weights",
+                        lambda model, params, cast=loop.with_bfloat16_weights: traced.append(1) or cast(model, params))
+    # best of 2: no pair is formed, so the training checks on pairs_per_prompt (2 > 1 pair) do not apply
+    config = config_lib.load(bon.BestOfNConfig, write_config(tmp_path, policy_dir),
+                             [f"sampling.weights={weights}", "sampling.num_samples=2"])
+    with pytest.raises(ValueError, match="pairs_per_prompt=2 but sampling.num_samples=2"):
+        train_config.check(config)
+    runner = bon.BestOfN(config, log=lambda message: None)
+    _, row = runner.learn_batch(runner.fresh_state(), 0)
+    assert len(traced) == casts and row["rm_picks"][row["rm"]] == 4
 
 
 def test_the_cli_runs_end_to_end_and_writes_the_json(tmp_path, policy_dir, capsys):

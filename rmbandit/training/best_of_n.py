@@ -62,8 +62,9 @@ class BestOfNConfig(TrainConfig):
 
 
 def check_config(config: BestOfNConfig) -> None:
-    """``training.config.check`` plus this mode's keys; a ValueError names the key."""
-    check(config)
+    """``training.config.check`` (less its pair and step checks) plus this mode's keys; a
+    ValueError names the key."""
+    check(config, pairs=False)
     picking = ("laser", "laser_exp3", "laser_neural_ucb", "single_rm", "random", "round_robin", "classifier")
     if config.router.name not in picking:
         raise ValueError(f"router.name={config.router.name}: best-of-n needs a router that picks one RM per batch "
@@ -135,6 +136,8 @@ class BestOfN(Trainer):
     """Best-of-n runs on the Trainer's setup (policy, tokenizer, pool, router, jitted
     sampler and prompt embedding); ``run()`` learns the router, evaluates, writes the results."""
 
+    forms_pairs = False
+
     def __init__(self, config: BestOfNConfig, log: Callable[[str], None] = print, progress: bool = False):
         check_config(config)
         super().__init__(config, log, progress)
@@ -162,7 +165,7 @@ class BestOfN(Trainer):
         ids, mask = self._batch_sharded(enc["input_ids"]), self._batch_sharded(enc["attention_mask"])
         n = cfg.sampling.num_samples
         samples = self._sample(self.base, state["policy"], ids, mask, key, n, cfg.sampling.temperature,
-                               cfg.sampling.max_new_tokens)
+                               cfg.sampling.max_new_tokens, weights=cfg.sampling.weights)
         tokens, token_mask = np.asarray(samples.tokens), np.asarray(samples.mask)
         nll = np.asarray(self._nll(samples.logprobs, samples.mask)).reshape(len(tasks), n)
         contexts = samples.prompt_hidden if cfg.router.pooling == "last" else self._embed(

@@ -146,9 +146,10 @@ class TrainConfig:
         return self.train.iterations * self.train.batches_per_iteration
 
 
-def check(config: TrainConfig) -> None:
+def check(config: TrainConfig, pairs: bool = True) -> None:
     """Cross-field checks ``rmbandit.config`` cannot do (types are checked there), before
-    anything loads; a ValueError names the key and the fix."""
+    anything loads; a ValueError names the key and the fix.  ``pairs=False``: a run that
+    forms no preference pairs and takes no step (best-of-n) skips their checks."""
     def need(ok, message):
         if not ok:
             raise ValueError(message)
@@ -162,8 +163,9 @@ def check(config: TrainConfig) -> None:
                        ("eval.per_category", config.eval.per_category)):
         need(value >= 1, f"{key} must be at least 1, got {value}")
     need(config.seed >= 0, f"seed must be >= 0 (NumPy's generators take no negative seed), got {config.seed}")
-    need(config.sampling.num_samples >= 2, f"sampling.num_samples must be at least 2 (a pair needs two responses), "
-                                           f"got {config.sampling.num_samples}")
+    need(config.sampling.num_samples >= 2, f"sampling.num_samples must be at least 2 "
+                                           f"({'a pair needs two responses' if pairs else 'a best of one picks nothing'}"
+                                           f"), got {config.sampling.num_samples}")
     need(config.sampling.temperature > 0, "sampling.temperature must be > 0: greedy samples of a prompt are all the "
                                           f"same and give no pair, got {config.sampling.temperature}")
     need(0 < config.sampling.top_p <= 1, f"sampling.top_p must be in (0, 1], got {config.sampling.top_p}")
@@ -172,11 +174,11 @@ def check(config: TrainConfig) -> None:
     need(0 <= config.step.learning_rate < math.inf,
          f"step.learning_rate must be a finite number >= 0, got {config.step.learning_rate}")
     candidates = config.sampling.num_samples * (config.sampling.num_samples - 1) // 2
-    need(config.sampling.pairs_per_prompt <= candidates,
+    need(not pairs or config.sampling.pairs_per_prompt <= candidates,
          f"sampling.pairs_per_prompt={config.sampling.pairs_per_prompt} but sampling.num_samples="
          f"{config.sampling.num_samples} responses give only {candidates} pairs per prompt")
     # the step splits the prompts (each with its pairs) into the micro-batches
-    need(config.train.prompts_per_batch % config.step.micro_batches == 0,
+    need(not pairs or config.train.prompts_per_batch % config.step.micro_batches == 0,
          f"step.micro_batches={config.step.micro_batches} must divide train.prompts_per_batch="
          f"{config.train.prompts_per_batch} (each micro-batch takes whole prompts with their pairs)")
     names = [entry.get("name", entry.get("kind")) for entry in config.pool]

@@ -139,8 +139,10 @@ class Trainer:
     """One training run in ``config.run_dir``; ``run()`` trains (resuming from the latest
     checkpoint there, if any) and returns the summary."""
 
+    forms_pairs = True          # False: a subclass that takes no step (best-of-n) skips the pair checks
+
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False):
-        check(config)
+        check(config, pairs=self.forms_pairs)
         self.config, self.log, self.progress = config, log, progress
         self.run_dir = pathlib.Path(config.run_dir)
         devices = jax.devices() if config.mesh.devices is None else jax.devices()[:config.mesh.devices]
