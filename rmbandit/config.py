@@ -74,6 +74,17 @@ def _is_union(tp) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
+def _takes_text(tp, value) -> bool:
+    """Whether an override's YAML ``value`` (an int, a bool...) should be its text instead: the
+    field takes a str (``str``, ``str | None``) but no value of the type YAML made of it
+    (router.rm=2024 is the RM "2024"; null stays null)."""
+    options = typing.get_args(tp) if _is_union(tp) else (tp,)
+    if str not in options or value is None or isinstance(value, str):
+        return False
+    return not any(isinstance(option, type) and isinstance(value, option)
+                   and not (isinstance(value, bool) and option is not bool) for option in options)
+
+
 def _is_mapping_type(tp) -> bool:
     return tp is dict or typing.get_origin(tp) is dict
 
@@ -305,7 +316,7 @@ def _override_problems(data: dict, override: str, schema: type) -> list[str]:
     except yaml.YAMLError as error:
         return [f"the value {text!r} is not valid YAML ({getattr(error, 'problem', error)}); "
                 "quote it, e.g. key='text'"]
-    if tp is str and not isinstance(value, str):
+    if _takes_text(tp, value):
         value = text.strip()  # a str field takes the text as written: run_dir=2024 is "2024"
     sub = _section_of(tp)
     if sub is not None and not isinstance(value, Mapping) and not (value is None and _is_union(tp)):

@@ -95,7 +95,7 @@ def read_jsonl(path) -> list[data.Pair]:
         raise FileNotFoundError(f"no pairs file at {path}; --pairs takes 'suite', a .jsonl file with one "
                                 f"{JSONL_EXAMPLE} a line, or hf:<dataset id>")
     pairs = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -168,6 +168,11 @@ def load_replay(spec: str = "suite", labels=None, pool=None, hf_split: str = "te
     path = None if labels is None else pathlib.Path(labels)
     if path is not None and path.exists():
         table = pool_labels.load(path)
+        named = [entry.get("name") for entry in pool or () if isinstance(entry, dict)]
+        if pool is not None and None not in named and tuple(named) != tuple(table.rm_names):
+            raise ValueError(f"{path} holds the labels of RMs {', '.join(table.rm_names)}, not of the pool asked for "
+                             f"({', '.join(map(str, named))}); label with that pool into another --out (or "
+                             "--labels), or drop --pool to replay the saved labels")
         pairs = suite_pairs(table.source) if spec == "suite" else load_pairs(spec, hf_split)
         pool_labels.check_pairs(table, pairs)
         return pairs, table

@@ -44,6 +44,7 @@ class Train:
     router: Literal["laser", "single_rm", "random"] = "laser"
     eval_every: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cold_start: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Required:
     size: int = 1
 
 
-TOP_KEYS = "eval_every, extra, lora_targets, optim, pool, router, run_dir, sampling, seed, shape, use_lora"
+TOP_KEYS = "cold_start, eval_every, extra, lora_targets, optim, pool, router, run_dir, sampling, seed, shape, use_lora"
 
 
 def error_of(fn, *args, **kwargs) -> str:
@@ -73,7 +74,7 @@ def test_valid_keys_lists_every_dotted_leaf_in_declaration_order():
     assert config.valid_keys(Train) == [
         "run_dir", "seed", "use_lora", "sampling.num_samples", "sampling.temperature",
         "sampling.max_new_tokens", "optim.learning_rate", "optim.warmup", "pool", "lora_targets",
-        "shape", "router", "eval_every", "extra"]
+        "shape", "router", "eval_every", "extra", "cold_start"]
 
 
 def test_missing_keys_keep_their_defaults_and_a_partial_section_keeps_the_field_default():
@@ -193,6 +194,8 @@ def test_unsupported_annotation_is_a_schema_error():
     ("router=random", "router", "random"),
     ("run_dir=runs/abc", "run_dir", "runs/abc"),
     ("run_dir=2024", "run_dir", "2024"),        # a str field takes the text as written
+    ("cold_start=2024", "cold_start", "2024"), ("cold_start=no", "cold_start", "no"),     # str | None too
+    ("cold_start=null", "cold_start", None), ("eval_every=7", "eval_every", 7),
     ("optim.learning_rate=1e-4", "optim.learning_rate", 1e-4),
     ("extra={a: 1}", "extra", {"a": 1}),
 ])

@@ -203,6 +203,9 @@ def test_jsonl_pairs(tmp_path):
     assert [(p.prompt, p.chosen, p.rejected, p.task.category) for p in pairs] == [
         ("2+2?", "4", "5", "math"), ("Hi", "Hello", "Go", "all"), ("Hi", "Hello", "No", "all")]
     assert len({p.task.id for p in pairs}) == 3
+    bom = tmp_path / "bom.jsonl"                          # as Notepad and PowerShell save UTF-8
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert replay.read_jsonl(bom) == pairs
 
 
 @pytest.mark.parametrize("line, message", [
@@ -365,6 +368,12 @@ def test_without_a_table_the_pool_labels_the_pairs_and_the_table_is_saved(tmp_pa
     np.testing.assert_array_equal(table.correct[:, 0], [len(p.chosen) < len(p.rejected) for p in pairs])
     again = replay.load_replay(str(path), tmp_path / "new.json")[1]          # read back, not labelled again
     np.testing.assert_array_equal(again.prefer, table.prefer)
+    assert replay.load_replay(str(path), tmp_path / "new.json", pool)[1].rm_names == table.rm_names
+    with pytest.raises(ValueError, match="holds the labels of RMs longer, coin, not of the pool asked for \\(coin, "
+                                         "other\\); label with that pool into another --out"):
+        replay.load_replay(str(path), tmp_path / "new.json", [pool[1], {"name": "other", "kind": "random"}])
+    with pytest.raises(ValueError, match="is a directory, not a pool-label table"):
+        replay.load_replay(str(path), tmp_path)
 
 
 def test_cli_bad_router_and_bad_pairs_file(tmp_path, capsys, monkeypatch):

@@ -101,6 +101,8 @@ def load(path) -> PoolLabels:
     if not path.exists():
         raise FileNotFoundError(f"no pool-label table at {path}; write one with "
                                 "`python experiments/pool_labels.py` (it labels the suite's pairs with every RM)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a pool-label table: name the table's .json file in it")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
