@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replay: where the contexts' .npz cache goes (default beside the table)")
     sim.add_argument("--pool", default=None,
                      help="replay: a JSON list of RM entries to label pairs with when there is no table "
-                          "(default rewards.pool.DEFAULT_POOL)")
+                          "(default rewards.pool.DEFAULT_POOL); a saved table of other RMs is refused")
     sim.add_argument("--hf-split", default=None, help="replay with hf:<id>: the dataset split (default test)")
     sim.add_argument("--out", default="runs/simulate",
                      help="directory for " + ", ".join(SIMULATE_OUTPUTS) + " (replay: " + ", ".join(REPLAY_OUTPUTS)
