@@ -234,6 +234,17 @@ def test_unsupported_quant_type_is_a_clear_error(tmp_path):
         load_pretrained(tmp_path / "odd.gguf")
 
 
+def test_a_llama3_rope_factors_tensor_names_the_cause_and_the_fix(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2)).eval()
+    factors = np.ones(8, np.float32)                # what llama.cpp writes for Llama 3.1+
+    _write_tiny_gguf(tmp_path / "l31.gguf", hf, {}, extra_tensor=("rope_freqs.weight", factors))
+    with pytest.raises(ValueError, match="scales RoPE per frequency .*'rope_freqs.weight'.*HF checkpoint directory"):
+        load_pretrained(tmp_path / "l31.gguf")
+
+
 def test_truncated_or_corrupt_tiny_gguf_is_named_with_the_fix(tmp_path):
     """A GGUF cut in its header, its metadata, its tensor table or its tensor data, or with
     a broken magic, fails as one error naming the file (not a numpy reshape error)."""

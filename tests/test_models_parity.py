@@ -22,6 +22,37 @@ def test_float32_logits_match_transformers(tiny_checkpoint, name):
     np.testing.assert_allclose(ours[real], want[real], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("theta", [1e4, 5e5, 1e6])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 4.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}])
+def test_rope_inverse_frequencies_are_transformers_to_the_ulp(theta, head_dim, scaling):
+    """An ulp off in inv_freq is a phase error that grows with the position (2e-2 in the
+    logits of a tiny sharp model by position 6000, with float32 pow's 2-14 such entries).
+    At most one entry may differ: torch's own float32 pow is not correctly rounded either
+    (1e6 ** 0.578125 = 2942.72718: torch gives 2942.72705, the nearest float32 is 2942.72729)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    from rmbandit.models.layers import rope_frequencies
+    hf_config = transformers.LlamaConfig(**{**TINY, "num_attention_heads": 2, "head_dim": head_dim,
+                                            "rope_theta": theta, "rope_scaling": scaling})
+    want = LlamaRotaryEmbedding(hf_config).inv_freq.numpy()
+    got = rope_frequencies(ModelConfig.from_hf_dict(hf_config.to_dict()))
+    assert got.dtype == np.float32
+    np.testing.assert_array_max_ulp(got, want, maxulp=1)
+    assert (got != want).sum() <= (1 if (theta, head_dim) == (1e6, 128) else 0)
+
+
+@pytest.mark.parametrize("model_type, bias, output_bias", [
+    ("llama", True, True), ("qwen3", True, True), ("gemma2", True, True), ("llama", False, False),
+    ("qwen2", None, False), ("mistral", None, False)])
+def test_an_o_proj_bias_follows_attention_bias_where_transformers_gives_one(model_type, bias, output_bias):
+    raw = {"model_type": model_type, "num_attention_heads": 4, **TINY, "num_hidden_layers": 1}
+    if bias is not None:
+        raw["attention_bias"] = bias
+    assert ModelConfig.from_hf_dict(raw).output_bias is output_bias
+
+
 def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
         ModelConfig.from_hf_dict({"model_type": "gpt2"})
@@ -49,6 +80,19 @@ def test_missing_or_misshapen_weights_are_clear_errors(tiny_checkpoint):
     (path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         load_pretrained(path)
+
+
+def test_a_tied_checkpoint_that_stores_its_lm_head_too_loads_as_transformers_does(tiny_checkpoint):
+    hf, path = tiny_checkpoint("llama_tied_mha")
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(path / "model.safetensors")
+    assert "lm_head.weight" not in tensors
+    save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].copy()}, path / "model.safetensors")
+    model, params = load_pretrained(path)
+    ids, mask = padded_batch()
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(ours[real], hf_logits(hf, ids, mask)[real], atol=1e-4, rtol=1e-4)
 
 
 def test_logprobs_and_embeddings_match_transformers(tiny_checkpoint):

@@ -67,6 +67,9 @@ def test_samples_differ_per_key_and_follow_the_distribution():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     kept = filter_logits(logits, 1.0, top_p=0.7)
     assert np.isfinite(np.asarray(kept[0, :2])).all() and np.isinf(np.asarray(kept[0, 2:])).all()
+    for top_p in (0.0, 1e-9, 0.4):                  # the most likely token always stays (greedy at 0)
+        kept = np.asarray(filter_logits(logits, 1.0, top_p=top_p))
+        assert np.isfinite(kept[0, 0]) and np.isinf(kept[0, 1:]).all(), top_p
     kept = filter_logits(logits, 1.0, top_k=3)
     assert np.isinf(np.asarray(kept[0, 3])) and np.isfinite(np.asarray(kept[0, :3])).all()
     draws = jax.vmap(lambda k: jax.random.categorical(k, filter_logits(logits, 1.0)[0]))(

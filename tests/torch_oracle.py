@@ -13,6 +13,7 @@ CASES = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16}, rope_theta=500000.0)),
     "llama_tied_mha": ("LlamaConfig", dict(num_key_value_heads=4, tie_word_embeddings=True)),
+    "llama_attention_bias": ("LlamaConfig", dict(attention_bias=True)),     # o_proj has one too
     "mistral_sliding_window": ("MistralConfig", dict(sliding_window=4)),
     "qwen2_qkv_bias": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "qwen3_qk_norm": ("Qwen3Config", dict(head_dim=16)),

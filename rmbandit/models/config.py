@@ -32,7 +32,8 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_positions: int = 8192
-    attention_bias: bool = False
+    attention_bias: bool = False           # q/k/v projections
+    output_bias: bool = False              # o_proj (Llama, Qwen3, Gemma 2: = attention_bias; Qwen2, Mistral: none)
     qk_norm: bool = False
     sliding_window: int | None = None      # every layer (Mistral); None = full attention
     layer_windows: tuple | None = None     # per-layer window (Gemma 2 alternates); overrides sliding_window
@@ -112,6 +113,7 @@ class ModelConfig:
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_positions=int(rope.get("original_max_position_embeddings", 8192)),
             attention_bias=raw.get("attention_bias", features.get("attention_bias", False)),
+            output_bias=features.get("output_bias", raw.get("attention_bias", False)),
             qk_norm=features.get("qk_norm", False),
             sliding_window=window,
             layer_windows=layer_windows,

@@ -109,6 +109,10 @@ def read_gguf(path: pathlib.Path):
     def tensors():
         for tensor in reader.tensors:
             name = hf_name(tensor.name, family.gguf_block)
+            if tensor.name == "rope_freqs.weight":       # llama.cpp's form of the llama3 RoPE scaling
+                raise ValueError(f"{path.name} scales RoPE per frequency (tensor 'rope_freqs.weight': Llama 3.1 and "
+                                 "later), which rmbandit reads from HF checkpoints only (config.json's rope_scaling); "
+                                 "load the model's HF checkpoint directory instead")
             if name is None:
                 raise ValueError(f"unexpected GGUF tensor {tensor.name!r} in {path.name}")
             try:

@@ -96,15 +96,18 @@ def rope_frequencies(config: ModelConfig) -> np.ndarray:
     """Inverse frequencies [head_dim / 2] (float32, as the HF checkpoints compute them),
     with the ``llama3`` / ``linear`` scalings."""
     d = config.head_dim
-    inv = (1.0 / np.float32(config.rope_theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
-    inv = inv.astype(np.float32)
+    # the power in float64, rounded once: NumPy's float32 pow is an ulp off HF's (torch's) in
+    # 2-14 of 32-64 entries (a phase error that grows with the position); this is off in at
+    # most one, where torch's pow is not correctly rounded (theta 1e6, head_dim 128)
+    exponents = (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)).astype(np.float64)
+    inv = np.float32(1.0) / (np.float64(config.rope_theta) ** exponents).astype(np.float32)
     if config.rope_type == "linear":
         return (inv / np.float32(config.rope_factor)).astype(np.float32)
     if config.rope_type == "llama3":
         old = config.rope_original_max_positions
         low_wavelen = old / config.rope_low_freq_factor
         high_wavelen = old / config.rope_high_freq_factor
-        wavelen = 2 * math.pi / inv
+        wavelen = (np.float32(1.0) / inv) * np.float32(2 * math.pi)      # torch's scalar / tensor, op for op
         scaled = np.where(wavelen > low_wavelen, inv / config.rope_factor, inv)
         smooth = (old / wavelen - config.rope_low_freq_factor) / (
             config.rope_high_freq_factor - config.rope_low_freq_factor)
@@ -225,7 +228,7 @@ class Attention(nn.Module):
         out = out.reshape(b, t, heads * hd)
         if real is not None:
             out = gather_real(out, real)
-        return dense(cfg.hidden_size, ("q_heads", "embed"), False, "o_proj", self.dtype, precision)(out), (k, v)
+        return dense(cfg.hidden_size, ("q_heads", "embed"), cfg.output_bias, "o_proj", self.dtype, precision)(out), (k, v)
 
 
 QUERY_BLOCK = 64       # causal key skipping per query block; 64 was fastest at T=256 on XLA:CPU

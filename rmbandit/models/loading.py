@@ -155,5 +155,9 @@ def load_pretrained(path, dtype=jnp.float32, mesh=None, precision="auto"):
         from rmbandit import parallel
         shardings = flax.traverse_util.flatten_dict(
             parallel.param_shardings(model, mesh, (jnp.zeros((1, 1), jnp.int32),)))
-    return model, assemble_params(model, tensors, str(path), dtype, shardings,
+    # a tied model's checkpoint may store its lm_head too (a copy of the embeddings):
+    # transformers ties it and ignores the copy, and so do we
+    tied_head = config.tie_word_embeddings and config.num_labels is None
+    ignore = lambda name: bool(IGNORED.match(name)) or (tied_head and name == "lm_head.weight")   # noqa: E731
+    return model, assemble_params(model, tensors, str(path), dtype, shardings, ignore=ignore,
                                   describe=f"{config.model_type} model")

@@ -29,7 +29,8 @@ class Family:
     model_type: str                        # HF config.json ``model_type``
     decoder: type                          # the Flax module
     hf_prefix: str                         # transformers class stem: Llama -> LlamaForCausalLM
-    # what the type implies for ModelConfig: attention_bias / qk_norm defaults, uniform_window
+    # what the type implies for ModelConfig: attention_bias / qk_norm defaults, output_bias
+    # (an o_proj bias: where absent, config.json's attention_bias decides), uniform_window
     # (config.json's sliding_window applies to every layer), gemma (Gemma 2's norms, scalings,
     # soft-caps), hidden_act (the activation where config.json names none)
     features: Mapping = dataclasses.field(default_factory=dict)
@@ -45,8 +46,8 @@ class Family:
 FAMILIES = {f.model_type: f for f in (
     Family("llama", LlamaModel, "Llama", gguf_architecture="llama", gguf_block=LLAMA_GGUF_BLOCK,
            gguf_permuted_qk=True),
-    Family("mistral", LlamaModel, "Mistral", {"uniform_window": True}),
-    Family("qwen2", LlamaModel, "Qwen2", {"attention_bias": True}, gguf_architecture="qwen2",
+    Family("mistral", LlamaModel, "Mistral", {"uniform_window": True, "output_bias": False}),
+    Family("qwen2", LlamaModel, "Qwen2", {"attention_bias": True, "output_bias": False}, gguf_architecture="qwen2",
            gguf_block=LLAMA_GGUF_BLOCK),
     Family("qwen3", LlamaModel, "Qwen3", {"qk_norm": True}, gguf_architecture="qwen3", gguf_block=LLAMA_GGUF_BLOCK),
     # transformers' Gemma2Config defaults to GELU-tanh where config.json names no activation

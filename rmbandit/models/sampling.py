@@ -52,7 +52,8 @@ def filter_logits(logits: Array, temperature: float, top_k: int = 0, top_p: floa
         order = jnp.argsort(-logits, axis=-1)
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
         cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        drop_sorted = cumulative - jax.nn.softmax(sorted_logits, axis=-1) >= top_p   # keeps the first token
+        drop_sorted = cumulative - jax.nn.softmax(sorted_logits, axis=-1) >= top_p
+        drop_sorted = drop_sorted.at[..., 0].set(False)         # the most likely token stays, even at top_p 0
         drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
         logits = jnp.where(drop, -jnp.inf, logits)
     return logits
