@@ -22,7 +22,8 @@ def test_neural_ucb_matches_numpy_reference_step_by_step():
     rng = np.random.default_rng(0)
     for step in range(6):
         x = rng.normal(size=(4, d)).astype(np.float32)
-        arms, ucb = bandit.select(state, x, jax.random.key(step))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)          # the MLP sees unit contexts, whatever their scale
+        arms, ucb = bandit.select(state, 300.0 * x, jax.random.key(step))
         want = np.zeros((4, k))
         for i in range(4):
             for a in range(k):
@@ -32,7 +33,7 @@ def test_neural_ucb_matches_numpy_reference_step_by_step():
         np.testing.assert_allclose(ucb, want, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(arms, np.argmax(want, -1))
         rewards = rng.random(4)
-        state = bandit.update(state, x, arms, rewards)
+        state = bandit.update(state, 300.0 * x, arms, rewards)
         # reference update: Z with gradients at the pre-update params, buffer, then GD
         for i, a in enumerate(np.asarray(arms)):
             g = refs[a].grad(x[i].astype(np.float64))
@@ -51,6 +52,23 @@ def test_neural_ucb_matches_numpy_reference_step_by_step():
         for a in range(k):
             for n, v in _arm_params(state, a).items():
                 np.testing.assert_allclose(v, refs[a].p[n].reshape(v.shape), rtol=1e-4, atol=1e-5)
+
+
+def test_neural_ucb_stays_finite_on_contexts_like_lm_hidden_states():
+    """Norms in the hundreds around one shared direction (LASeR's prompt embeddings), the
+    paper's 256-128 MLP: raw, one update took the weights to 1e16 and the next overflowed."""
+    rng = np.random.default_rng(0)
+    d, k = 64, 3
+    common = rng.normal(size=d)
+    bandit = bandits.neural_ucb()
+    state = bandit.init(jax.random.key(0), k, d)
+    for step in range(30):
+        x = (300.0 * common / np.linalg.norm(common) + 20.0 * rng.normal(size=(1, d))).astype(np.float32)
+        arms, ucb = bandit.select(state, x, jax.random.key(step))
+        assert np.isfinite(np.asarray(ucb)).all()
+        state = bandit.update(state, x, arms, rng.random(1).astype(np.float32))
+    assert int(state.skipped) == 0 and int(np.asarray(state.arms.pulls).sum()) == 30
+    assert max(float(np.abs(np.asarray(w)).max()) for w in jax.tree.leaves(state.arms.params)) < 10.0
 
 
 def test_neural_ucb_untouched_arms_keep_parameters():

@@ -8,6 +8,9 @@ implementation (a full P x P matrix is out of reach at P ~ 2e5).  After each upd
 pulled arms take ``train_steps`` full-batch gradient steps on their (bounded) replay
 buffer of (context, reward), loss 0.5 mean (f - r)^2 + 0.5 weight_decay |theta - theta_0|^2.
 All per-arm parameters are stacked on the arm axis and trained with vmap over arms.
+Contexts enter the MLP scaled to unit norm, as Zhou et al. assume (||x|| = 1): LM hidden
+states have norms in the hundreds, and on those a fixed-step gradient descent diverges in
+one update.
 """
 from __future__ import annotations
 
@@ -56,6 +59,12 @@ def mlp(params: dict, x: Array) -> Array:
     return x[0]
 
 
+def unit_rows(contexts: Array) -> Array:
+    """Each context row scaled to norm 1 (a zero row stays zero)."""
+    norm = jnp.linalg.norm(contexts, axis=-1, keepdims=True)
+    return contexts / jnp.where(norm > 0, norm, 1.0)
+
+
 def _ucb_one_arm(params, z_diag, contexts, alpha, chunk):
     def one(x):
         value, grads = jax.value_and_grad(mlp)(params, x)
@@ -96,7 +105,7 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
     def select(state, contexts, key):
         del key
         a = state.arms
-        contexts = base.check_contexts(contexts, a.buffer_x.shape[2]).astype(jnp.float32)
+        contexts = unit_rows(base.check_contexts(contexts, a.buffer_x.shape[2]).astype(jnp.float32))
         ucb, _ = jax.vmap(_ucb_one_arm, in_axes=(0, 0, None, None, None))(
             a.params, a.z_diag, contexts, alpha, chunk)
         return base.argmax_finite(ucb.T), ucb.T
@@ -122,6 +131,7 @@ def neural_ucb(hidden: tuple[int, ...] = (256, 128), alpha: float = 1.0, reg: fl
         contexts, arms, rewards = base.check_update_inputs(contexts, arms, rewards, k, d)
         contexts = contexts.astype(jnp.float32)
         valid = base.valid_rows(contexts, arms, rewards, k)
+        contexts = unit_rows(contexts)
         onehot = base.pulled_one_hot(arms, valid, k)
         safe_arm = jnp.clip(arms, 0, k - 1)
         row_params = jax.tree.map(lambda p: p[safe_arm], a.params)
