@@ -348,8 +348,15 @@ def console_main() -> int:
 
 def main(argv=None) -> int:
     """Run a subcommand; return its exit status (2 for bad arguments, as argparse)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides after an option (train ... --quiet seed=1): argparse leaves them over
+        if extra and getattr(args, "overrides", None) is not None and all(
+                "=" in arg and not arg.startswith("-") for arg in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:               # argparse's own errors and --help
         return exit_.code
     return args.func(args)

@@ -5,6 +5,7 @@ The mesh is always passed in, never global."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import flax.linen as nn
 import jax
@@ -45,6 +46,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     """A (data, fsdp, tensor) mesh over ``devices`` (default: all, multi-host included);
     ``data=-1`` takes what the other two leave."""
     devices = np.asarray(jax.devices() if devices is None else devices)
+    if devices.size == 0:
+        raise ValueError("make_mesh got no devices")
+    for name, size in (("fsdp", fsdp), ("tensor", tensor), ("data", data)):
+        if not isinstance(size, (int, np.integer)) or size < (-1 if name == "data" else 1) or size == 0:
+            raise ValueError(f"mesh axis {name} must be a positive size{' or -1 (the rest)' if name == 'data' else ''}, "
+                             f"got {size!r}")
     if data == -1:
         if devices.size % (fsdp * tensor):
             raise ValueError(f"{devices.size} devices do not split into fsdp={fsdp} x tensor={tensor}")
@@ -79,6 +86,14 @@ def fit_spec(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
 
 
 def param_shardings(model, mesh: Mesh, example_inputs, rules=LOGICAL_RULES):
+    config = getattr(model, "config", None)
+    tensor = mesh.shape["tensor"]
+    heads = {name: getattr(config, name, None) for name in ("num_heads", "num_kv_heads")}
+    split = {name: count for name, count in heads.items() if count and count % tensor}
+    if split:       # correct, but each device holds part of a head: attention needs extra collectives
+        warnings.warn(f"mesh tensor={tensor} does not divide the model's {', '.join(f'{n}={c}' for n, c in split.items())}"
+                      f": heads are split across devices, which costs collectives in every attention; "
+                      f"choose a tensor size that divides the head counts", stacklevel=2)
     shapes = abstract_params(model, example_inputs)
     return jax.tree.map(lambda spec, leaf: NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh)),
                         param_specs(model, example_inputs, rules), shapes,

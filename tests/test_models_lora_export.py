@@ -62,6 +62,14 @@ def test_unknown_lora_target_names_the_layers(tiny):
         init_lora(jax.random.key(0), params, LoraConfig(targets=("qkv",)))
 
 
+def test_a_lora_rank_or_alpha_that_cannot_scale_is_refused():
+    for bad, message in [(dict(rank=0), "rank must be a positive integer, got 0"),
+                         (dict(rank=2.5), "rank must be a positive integer, got 2.5"),
+                         (dict(alpha=0.0), "alpha must be > 0, got 0.0")]:
+        with pytest.raises(ValueError, match=message):
+            LoraConfig(**bad)
+
+
 def test_export_round_trips_through_transformers(tiny, tmp_path):
     model, params = tiny
     cfg = LoraConfig(rank=4, alpha=8.0)

@@ -69,11 +69,44 @@ def test_activation_constraints_apply_inside_use_mesh():
 
 
 def test_mesh_shape_errors():
-    import pytest
     with pytest.raises(ValueError, match="needs 12 devices, have 8"):
         parallel.make_mesh(data=3, fsdp=2, tensor=2)
     with pytest.raises(ValueError, match="do not split"):
         parallel.make_mesh(fsdp=3)
+    with pytest.raises(ValueError, match="make_mesh got no devices"):
+        parallel.make_mesh(devices=[])
+    for axes, name in [(dict(fsdp=0), "fsdp"), (dict(tensor=-1), "tensor"), (dict(data=0), "data")]:
+        with pytest.raises(ValueError, match=f"mesh axis {name} must be a positive size"):
+            parallel.make_mesh(**axes)
+
+
+def test_a_tensor_axis_that_splits_heads_is_warned_about():
+    model = LlamaModel(CONFIG)                                  # 4 heads, 2 kv heads
+    example = (jnp.zeros((1, 4), jnp.int32),)
+    with pytest.warns(UserWarning, match="tensor=4 does not divide the model's num_kv_heads=2: heads are split"):
+        parallel.param_shardings(model, parallel.make_mesh(data=2, tensor=4), example)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parallel.param_shardings(model, parallel.make_mesh(data=4, tensor=2), example)
+
+
+def test_the_sharded_embedding_lookup_needs_no_full_rematerialisation(capfd):
+    """The README's (2, 2, 2) example inside use_mesh: looked up from a table split on
+    embed, the rows reached the residual stream's batch split only by XLA replicating them
+    whole (its "Involuntary full rematerialization" warning on every forward)."""
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    model = LlamaModel(CONFIG)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(8, 9)), jnp.int32)
+    mask = jnp.ones_like(ids)
+    params = nn.unbox(model.init(jax.random.key(0), ids[:1])["params"])
+    want = model.apply({"params": params}, ids, mask)
+    sharded = jax.device_put(params, parallel.param_shardings(model, mesh, (ids[:1],)))
+    capfd.readouterr()
+    with parallel.use_mesh(mesh):
+        got = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))(sharded, ids, mask)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
 
 
 def test_load_places_each_tensor_on_its_sharding(tiny_checkpoint):

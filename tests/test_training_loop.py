@@ -310,6 +310,10 @@ def test_a_truncated_latest_checkpoint_is_named_with_the_fix_and_the_one_before_
     ("step.learning_rate=-1e-3", ["step.learning_rate", ">= 0", "-0.001"]),
     ("sampling.top_p=0", ["sampling.top_p", "(0, 1]"]),
     ("seed=-1", ["seed must be >= 0", "-1"]),
+    ("mesh.fsdp=0", ["mesh.fsdp must be at least 1", "got 0"]),
+    ("mesh.devices=0", ["mesh.devices must be at least 1"]),
+    ("mesh.data=0", ["mesh.data must be at least 1, or -1"]),
+    ("step.lora_rank=0", ["step.lora_rank must be at least 1"]),
     ("step.micro_batches=8", ["step.micro_batches=8", "train.prompts_per_batch=4", "whole prompts"]),   # 8 pairs
 ])
 def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):
@@ -318,6 +322,21 @@ def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, ove
     err = capsys.readouterr().err
     assert all(word in err for word in named), err
     assert not (tmp_path / "run").exists()               # nothing started
+
+
+def test_more_mesh_devices_than_there_are_is_named(tmp_path, policy_dir, capsys):
+    path = write_config(tmp_path, policy_dir, mesh={"data": -1, "fsdp": 1, "devices": 9})
+    assert cli.main(["train", "--config", str(path), "--quiet"]) == 2
+    assert "mesh.devices=9 but this process sees 8 cpu device(s)" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_an_option(tmp_path, policy_dir, capsys):
+    path = write_config(tmp_path, policy_dir)
+    # both overrides reach the config: the second one is what fails
+    assert cli.main(["train", "--config", str(path), "seed=1", "--quiet", "step.beta=0"]) == 2
+    assert "step.beta must be a finite number > 0" in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(path), "--quiet", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_a_policy_path_without_a_model_exits_2_in_one_line(tmp_path, policy_dir, smol_tokenizer, capsys):

@@ -143,9 +143,12 @@ class BertEncoder(nn.Module):
     precision: Any = "auto"
 
     def _embedding(self, name, rows, axis):
-        # position / token-type tables are small: ``None`` keeps them replicated
+        # position / token-type tables are small: ``None`` keeps them replicated.  Gathered over
+        # fsdp before the lookup, as in the decoders (rows split on embed reach the batch split
+        # of the residual stream only through a full rematerialisation)
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (axis, "embed"))
-        return self.param(name, init, (rows, self.config.hidden_size), self.dtype)
+        table = self.param(name, init, (rows, self.config.hidden_size), self.dtype)
+        return nn.with_logical_constraint(table, (axis, None))
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):

@@ -164,7 +164,11 @@ class LlamaModel(nn.Module):
                             cache.positions + valid.sum(-1).astype(jnp.int32), cache.prefix)
 
     def _embed(self, embed: Array, input_ids: Array) -> Array:
-        x = nn.with_logical_constraint(embed[input_ids], RESIDUAL)
+        # the table gathered over fsdp first (as FSDP gathers any weight before use): looked up
+        # while sharded on embed, the rows come out split on embed, and XLA can only move them to
+        # the batch split of the residual stream by replicating them whole
+        table = nn.with_logical_constraint(embed, ("vocab", None))
+        x = nn.with_logical_constraint(table[input_ids], RESIDUAL)
         if self.config.embed_scale:
             x = x * jnp.asarray(self.config.hidden_size ** 0.5, self.dtype)
         return x

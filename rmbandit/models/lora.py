@@ -34,6 +34,12 @@ class LoraConfig:
     alpha: float = 32.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
 
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+
     @property
     def scale(self) -> float:
         return self.alpha / self.rank

@@ -163,6 +163,15 @@ def check(config: TrainConfig, pairs: bool = True) -> None:
                        ("eval.per_category", config.eval.per_category)):
         need(value >= 1, f"{key} must be at least 1, got {value}")
     need(config.seed >= 0, f"seed must be >= 0 (NumPy's generators take no negative seed), got {config.seed}")
+    need(config.mesh.data == -1 or config.mesh.data >= 1,
+         f"mesh.data must be at least 1, or -1 (the devices fsdp x tensor leave), got {config.mesh.data}")
+    for key, value in (("mesh.fsdp", config.mesh.fsdp), ("mesh.tensor", config.mesh.tensor)):
+        need(value >= 1, f"{key} must be at least 1, got {value}")
+    need(config.mesh.devices is None or config.mesh.devices >= 1,
+         f"mesh.devices must be at least 1 (or null: every device), got {config.mesh.devices}")
+    need(config.step.lora_rank >= 1 and config.step.lora_alpha > 0,
+         f"step.lora_rank must be at least 1 and step.lora_alpha > 0, got {config.step.lora_rank} and "
+         f"{config.step.lora_alpha}")
     need(config.sampling.num_samples >= 2, f"sampling.num_samples must be at least 2 "
                                            f"({'a pair needs two responses' if pairs else 'a best of one picks nothing'}"
                                            f"), got {config.sampling.num_samples}")

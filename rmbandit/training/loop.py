@@ -145,7 +145,12 @@ class Trainer:
         check(config, pairs=self.forms_pairs)
         self.config, self.log, self.progress = config, log, progress
         self.run_dir = pathlib.Path(config.run_dir)
-        devices = jax.devices() if config.mesh.devices is None else jax.devices()[:config.mesh.devices]
+        devices = jax.devices()
+        if config.mesh.devices is not None:
+            if config.mesh.devices > len(devices):
+                raise ValueError(f"mesh.devices={config.mesh.devices} but this process sees {len(devices)} "
+                                 f"{devices[0].platform} device(s); lower it, or null for all of them")
+            devices = devices[:config.mesh.devices]
         self.mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
         self.train_tasks = data.load_suite("train", size_per_category=config.data.train_per_category,
                                            categories=config.data.categories, seed=config.seed)
