@@ -234,8 +234,10 @@ def test_remat_gives_the_same_step(model_and_params):
     for policy in ("full", "dots"):
         remat, m1 = run_steps(model.clone(remat=policy), params, config, [make_batch(seed=7)])
         np.testing.assert_allclose(m0["grad_norm"], m1["grad_norm"], rtol=1e-5)
+        # Adam's first step moves each weight by about lr whatever its gradient's size: an
+        # entry near zero shows the recomputation's rounding (3e-7 on jax 0.7.1's XLA:CPU)
         for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(remat.params)):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="remat must be one of none, full, dots"):
         model.clone(remat="ful").apply({"params": params}, jnp.zeros((1, 3), jnp.int32))
 
