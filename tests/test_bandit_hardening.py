@@ -234,6 +234,22 @@ def test_restore_without_a_target_rebuilds_the_state_type(name, tmp_path):
                                   bandit.select(restored, x, jax.random.key(2))[0])
 
 
+@pytest.mark.parametrize("cov", [0.02, np.diag([0.5, 1.0, 2.0]).astype(np.float32)])
+def test_a_bandit_with_a_prior_restores_cold_starts_and_jits(cov, tmp_path):
+    """with_prior's init runs traced (eval_shape when a checkpoint restores or from_state
+    starts, jit): its checks of the caller's prior must not need the state's values."""
+    bandit = bandits.quantile_rescale(bandits.with_prior(bandits.linear_thompson(), mean=np.ones(3), cov=cov))
+    state = bandit.update(bandit.init(jax.random.key(0), 2, 3), np.eye(3, dtype=np.float32)[:2],
+                          np.array([0, 1]), np.array([0.3, 0.9], np.float32))
+    bandits.save_state(tmp_path / "prior", state)
+    for restored in (bandits.restore_state(bandit, tmp_path / "prior"),
+                     bandits.from_state(bandit, state).init(jax.random.key(1), 2, 3)):
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+            np.testing.assert_array_equal(a, b)
+    fresh = jax.jit(bandit.init, static_argnums=(1, 2))(jax.random.key(0), 2, 3)
+    np.testing.assert_allclose(fresh.inner.arms.prior_mean, np.ones((2, 3)))
+
+
 def test_restore_into_another_bandit_is_a_clear_error(tmp_path):
     state = bandits.linucb().init(jax.random.key(0), 3, 5)
     bandits.save_state(tmp_path / "bandit", state)

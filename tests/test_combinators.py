@@ -48,6 +48,12 @@ def test_batch_baseline_centres_then_rescale_sees_centred_rewards():
     for _ in range(2):
         state = chained.update(state, np.zeros((4, 1), np.float32), arms, rewards)
     np.testing.assert_allclose(np.sort(state.history[:8]), np.sort(np.tile(rewards - mean, 2)))
+    # a NO_ARM row changes nothing, whatever its reward: not the baseline either
+    fresh = centred.init(jax.random.key(0), 2, 1)
+    without = centred.update(fresh, np.zeros((4, 1), np.float32), arms, rewards)
+    unobserved = centred.update(fresh, np.zeros((5, 1), np.float32), np.append(arms, bandits.NO_ARM),
+                                np.append(rewards, 100.0))
+    np.testing.assert_allclose(unobserved.arms.score, without.arms.score)
 
 
 def test_add_arm_keeps_old_arms_and_starts_new_one_fresh():

@@ -46,6 +46,21 @@ def test_epsilon_greedy_exploits_best_mean_and_explores_at_rate():
     np.testing.assert_allclose(freq, [eps / 3, 1 - eps + eps / 3, eps / 3], atol=0.015)
 
 
+def test_a_long_discounted_arm_keeps_its_mean():
+    """Under discount an arm's score and weight shrink together: their ratio, its mean, stays
+    -0.4 however small the weight gets (a 1e-6 floor pulled it toward 0 after 20 updates)."""
+    bandit = bandits.discount(bandits.epsilon_greedy(0.0), 0.5)
+    state = bandit.init(jax.random.key(0), 2, 1)
+    x = np.zeros((1, 1), np.float32)
+    state = bandit.update(state, x, np.array([0]), np.array([-0.4]))
+    for _ in range(40):                                   # only arm 1 (mean -0.3) is pulled
+        state = bandit.update(state, x, np.array([1]), np.array([-0.3]))
+    assert float(state.inner.arms.weight[0]) < 1e-9
+    arms, means = bandit.select(state, x, jax.random.key(1))
+    np.testing.assert_allclose(means[0], [-0.4, -0.3], rtol=1e-5)
+    assert int(arms[0]) == 1
+
+
 def test_uniform_random_is_uniform_and_counts_pulls():
     bandit = bandits.uniform_random()
     state = bandit.init(jax.random.key(0), 5, 4)

@@ -67,6 +67,8 @@ def _infer_sizes(bandit: base.Bandit, tree) -> tuple[int, int]:
     for d in sizes:
         try:
             want = _shapes(abstract_state(bandit, k, d))
+        except jax.errors.ConcretizationTypeError:
+            raise                       # a bug in the bandit's init, not a wrong d: say so
         except (ValueError, TypeError):
             continue
         if want == shapes:

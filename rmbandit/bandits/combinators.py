@@ -68,20 +68,24 @@ def quantile_rescale(bandit: base.Bandit, low: float = 0.2, high: float = 0.8,
 
 
 def batch_baseline(bandit: base.Bandit) -> base.Bandit:
-    """Centre rewards on the mean of the call's finite rewards (BayesianRouter: with
-    reward -L_i the raw reward becomes mean batch loss - L_i)."""
+    """Centre rewards on the mean of the call's finite rewards of observed rows (BayesianRouter:
+    with reward -L_i the raw reward becomes mean batch loss - L_i); a NO_ARM row's reward
+    changes nothing, the baseline included."""
 
     def update(state, contexts, arms, rewards):
-        return bandit.update(state, contexts, arms, centred(rewards))
+        arms_ = jnp.asarray(arms)
+        observed = (arms_ >= 0) & (arms_ < base.num_arms(state))
+        return bandit.update(state, contexts, arms, centred(rewards, observed))
 
     return base.Bandit(bandit.init, bandit.select, update)
 
 
-def centred(rewards: Array) -> Array:
-    """Rewards minus the mean of the finite ones (non-finite ones stay as they are)."""
+def centred(rewards: Array, observed: Array | None = None) -> Array:
+    """Rewards minus the mean of the finite ones (of the ``observed`` rows, when given);
+    non-finite ones stay as they are."""
     rewards = jnp.asarray(rewards, jnp.float32)
-    finite = jnp.isfinite(rewards)
-    return rewards - jnp.sum(jnp.where(finite, rewards, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+    counted = jnp.isfinite(rewards) if observed is None else jnp.isfinite(rewards) & observed
+    return rewards - jnp.sum(jnp.where(counted, rewards, 0.0)) / jnp.maximum(jnp.sum(counted), 1)
 
 
 class CostArms(NamedTuple):

@@ -98,6 +98,17 @@ def init_linear(key: Array, num_arms: int, dim: int, prior_var: float = 1.0,
         skipped=jnp.zeros((), jnp.int32))
 
 
+def _positive_definite(cov: np.ndarray) -> bool:
+    """Symmetric with a Cholesky factor (float64, on host)."""
+    if not np.allclose(cov, np.swapaxes(cov, -1, -2), rtol=1e-5, atol=1e-8):
+        return False
+    try:
+        np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
 def set_prior(state, mean=None, cov=None, arms=None):
     """Restart arms (all, or the indices in ``arms``) from the prior N(mean, cov).
 
@@ -107,25 +118,35 @@ def set_prior(state, mean=None, cov=None, arms=None):
     trace(cov)/d.  Statistics learned by the restarted arms are discarded.  ``state``
     may be wrapped (quantile_rescale, discount, ...)."""
 
+    # the arms and the prior are the caller's values: checked on host, so that the state may
+    # be traced (jit, and eval_shape when a checkpoint is restored or from_state starts it)
+    if base.is_concrete(arms, cov):
+        if cov is not None:
+            host = np.asarray(cov, np.float64)
+            if host.ndim <= 1 and not (np.all(host > 0) and np.all(np.isfinite(host))):
+                raise ValueError(f"prior variance must be finite and > 0, got {host.tolist()}")
+            if host.ndim > 1 and not _positive_definite(host):
+                raise ValueError("prior covariance is not symmetric positive definite")
+
     def apply(s: LinearState):
         k, d = s.arms.mean.shape
-        idx = jnp.arange(k) if arms is None else jnp.atleast_1d(jnp.asarray(arms))
-        if int(jnp.max(idx)) >= k or int(jnp.min(idx)) < 0:
-            raise ValueError(f"arms {idx.tolist()} out of range for {k} arms")
+        if arms is None:
+            idx = jnp.arange(k)
+        else:
+            if base.is_concrete(arms):
+                host = np.atleast_1d(np.asarray(arms))
+                if host.size and (host.max() >= k or host.min() < 0):
+                    raise ValueError(f"arms {host.tolist()} out of range for {k} arms")
+            idx = jnp.atleast_1d(jnp.asarray(arms))
         n = idx.shape[0]
         mu = jnp.broadcast_to(jnp.zeros(d) if mean is None else jnp.asarray(mean, jnp.float32), (n, d))
         c = jnp.asarray(1.0 if cov is None else cov, jnp.float32)
         if c.ndim <= 1:
             var = jnp.broadcast_to(c, (n,))
-            if not bool(jnp.all(var > 0)) or not bool(jnp.all(jnp.isfinite(var))):
-                raise ValueError(f"prior variance must be finite and > 0, got {np.asarray(c).tolist()}")
             sqrt = jnp.sqrt(var)[:, None, None] * jnp.eye(d)
         else:
             full = jnp.broadcast_to(c, (n, d, d))
-            chol = jnp.linalg.cholesky(full)
-            if not bool(jnp.all(jnp.isfinite(chol))):
-                raise ValueError("prior covariance is not symmetric positive definite")
-            sqrt = jnp.swapaxes(chol, 1, 2)                 # Sigma = L L^T = R^T R with R = L^T
+            sqrt = jnp.swapaxes(jnp.linalg.cholesky(full), 1, 2)   # Sigma = L L^T = R^T R with R = L^T
             var = jnp.trace(full, axis1=1, axis2=2) / d
         a = s.arms
         return s._replace(arms=a._replace(

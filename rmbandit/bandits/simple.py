@@ -106,7 +106,10 @@ def epsilon_greedy(epsilon: float = 0.1) -> base.Bandit:
     def select(state, contexts, key):
         rows = _rows(state, contexts)
         k = state.arms.score.shape[0]
-        means = state.arms.score / jnp.maximum(state.arms.weight, 1e-6)
+        # score / weight as long as the weight is positive: a discounted arm's weight shrinks
+        # with its score, and a floor would pull its mean toward 0
+        weight = state.arms.weight
+        means = jnp.where(weight > 0, state.arms.score / jnp.where(weight > 0, weight, 1.0), 0.0)
         explore_key, arm_key = jax.random.split(key)
         explore = jax.random.uniform(explore_key, (rows,)) < epsilon
         random_arms = jax.random.randint(arm_key, (rows,), 0, k, jnp.int32)

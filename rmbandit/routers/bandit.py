@@ -96,8 +96,8 @@ def bandit_router(bandit: bandits.Bandit, granularity: str, *, feedback: str = "
 
     def reward(state, assignment, signal):
         rewards = raw_rewards(assignment, signal)
-        if baseline:
-            rewards = bandits.combinators.centred(rewards)
+        if baseline:         # the rows the bandit observes (not NO_ARM) set the baseline
+            rewards = bandits.combinators.centred(rewards, jnp.asarray(assignment.arms) != bandits.NO_ARM)
         if rescale is not None:
             history = next(s.history for s in bandits.base.inner_states(state.bandit)
                            if isinstance(s, bandits.combinators.RescaledState))
