@@ -313,7 +313,7 @@ def test_a_truncated_latest_checkpoint_is_named_with_the_fix_and_the_one_before_
     ("mesh.fsdp=0", ["mesh.fsdp must be at least 1", "got 0"]),
     ("mesh.devices=0", ["mesh.devices must be at least 1"]),
     ("mesh.data=0", ["mesh.data must be at least 1, or -1"]),
-    ("step.lora_rank=0", ["step.lora_rank must be at least 1"]),
+    ("step.lora_rank=0", ["step.lora_rank", "rank must be a positive integer, got 0"]),
     ("step.micro_batches=8", ["step.micro_batches=8", "train.prompts_per_batch=4", "whole prompts"]),   # 8 pairs
 ])
 def test_a_bad_override_exits_2_naming_the_key(tmp_path, policy_dir, capsys, override, named):

@@ -169,9 +169,10 @@ def check(config: TrainConfig, pairs: bool = True) -> None:
         need(value >= 1, f"{key} must be at least 1, got {value}")
     need(config.mesh.devices is None or config.mesh.devices >= 1,
          f"mesh.devices must be at least 1 (or null: every device), got {config.mesh.devices}")
-    need(config.step.lora_rank >= 1 and config.step.lora_alpha > 0,
-         f"step.lora_rank must be at least 1 and step.lora_alpha > 0, got {config.step.lora_rank} and "
-         f"{config.step.lora_alpha}")
+    try:
+        config.step.lora                  # LoraConfig checks the rank and alpha
+    except ValueError as err:
+        raise ValueError(f"step.lora_rank / step.lora_alpha: {err}") from None
     need(config.sampling.num_samples >= 2, f"sampling.num_samples must be at least 2 "
                                            f"({'a pair needs two responses' if pairs else 'a best of one picks nothing'}"
                                            f"), got {config.sampling.num_samples}")
